@@ -1,0 +1,48 @@
+# tdx — make targets. Quick start: `make demo`, `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tdx-installed
+export TDX_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+# Runtime dependencies of fairseq, minus torchaudio (nothing here needs it and asking
+# for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
+FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
+
+.PHONY: install test demo lint table-copy table-talk bench-talk-op clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "torch==2.13.0" numpy cython setuptools wheel
+	$(BIN)/pip install -q $(FAIRSEQ_DEPS)
+	$(BIN)/python -c "import fairseq" 2>/dev/null || \
+	  $(BIN)/pip install -q --no-build-isolation --no-deps "fairseq-fixed==0.12.3.1"
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q $$($(BIN)/python tools/deps.py)
+	touch $@
+
+test: install
+	$(BIN)/ruff check --quiet .
+	$(BIN)/pytest -q tests
+
+lint: install
+	$(BIN)/ruff check .
+
+demo: install
+	$(BIN)/tdx train copy
+
+# Paper tables: each runs the study and writes results/<name>.md from run folders.
+table-copy: install
+	$(BIN)/tdx train copy-study -m seed=1,2,3 model=lstm,lstm_additive,gru_multiplicative,fconv,transformer hydra.sweep.dir=runs/copy-study
+	$(BIN)/tdx report runs/copy-study --table copy --out results/copy.md --plot results/copy_curves.png
+
+bench-talk-op: install
+	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
+
+clean-runs:
+	rm -rf runs outputs multirun

@@ -1,0 +1,163 @@
+"""The `tdx` command line: thin Typer wrappers over importable functions.
+
+    tdx list                               experiments and what they do
+    tdx show EXPERIMENT [OVERRIDES...]     the composed, resolved config
+    tdx train EXPERIMENT [OVERRIDES...] [-m]
+    tdx report PATH... [--format md|csv|latex] [--plot FILE.png]
+    tdx data check [EXPERIMENT]
+    tdx plugin-dir                         the fairseq --user-dir of tdx's models
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tdx: run the experiments of the TaLK / distillation / compression / "
+                       "SR-NAM / attention papers.")
+data_app = typer.Typer(no_args_is_help=True, help="Data files: what each experiment needs.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+Overrides = Annotated[list[str] | None, typer.Argument(
+    help="Hydra overrides: key=value, +key=value, group=option; with -m, key=a,b,c")]
+
+
+def usage_errors(fn: Any) -> Any:
+    """Print a UsageError as one paragraph and exit with code 2 (never a traceback)."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tdx.config import UsageError
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            err.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every experiment with a one-line description."""
+    from tdx.config import experiments
+
+    table = Table("experiment", "description", box=None)
+    for name, desc in experiments().items():
+        table.add_row(f"[bold]{name}[/bold]", desc)
+    out.print(table)
+
+
+@app.command()
+@usage_errors
+def show(experiment: str, overrides: Overrides = None) -> None:
+    """Print the composed, resolved config of EXPERIMENT as YAML."""
+    from omegaconf import OmegaConf
+
+    from tdx.config import check
+
+    cfg = check(experiment, overrides or [])
+    sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@app.command()
+@usage_errors
+def train(
+    experiment: str, overrides: Overrides = None,
+    multirun: Annotated[bool, typer.Option("-m", "--multirun",
+                                           help="one job per sweep point")] = False,
+) -> None:
+    """Compose conf/ with Hydra and train; one run folder per job under runs/."""
+    from tdx.report import report
+    from tdx.train import launch, statuses
+
+    folders = launch(experiment, list(overrides or []), multirun)
+    if not folders:
+        err.print("[red]no job wrote a run folder[/red]")
+        raise typer.Exit(1)
+    table = report(folders, fmt="md")
+    out.print(f"\n[bold]Results[/bold] ({len(folders)} run{'s' * (len(folders) > 1)})")
+    out.print(table, highlight=False, markup=False)
+    st = statuses(folders)
+    for folder, s in zip(folders, st, strict=True):
+        out.print(f"  {s:<11} {folder}", highlight=False)
+    if "interrupted" in st:
+        raise typer.Exit(130)
+    if any(s != "completed" for s in st):
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@usage_errors
+def report_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="run folders or folders holding runs")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md | csv | latex")] = "md",
+    table: Annotated[str | None, typer.Option(help="paper preset, e.g. copy")] = None,
+    aggregate: Annotated[bool, typer.Option(help="one row per config: mean ± std over "
+                                                  "seeds")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", help="also write the table "
+                                                        "(md: with provenance)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="learning curves to this PNG")] = None,
+    metric: Annotated[str, typer.Option(help="curve to plot, split.metric")] =
+        "valid.exact_match",
+) -> None:
+    """Gather summary.json from run folders into a table (and plot metrics.jsonl)."""
+    from tdx.report import report
+
+    command = shlex.join(["tdx", "report", *sys.argv[2:]]) if len(sys.argv) > 1 else "tdx report"
+    text = report(paths, fmt, table, aggregate, out_file, plot, metric, command)
+    sys.stdout.write(text)
+    if out_file:
+        err.print(f"wrote {out_file}" + (f" and {plot}" if plot else ""))
+
+
+@data_app.command("check")
+@usage_errors
+def data_check(experiment: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Which data files each experiment needs, which are present, where to put the rest."""
+    from tdx.config import check_experiment, compose, data_dir, experiments, required_files
+
+    names = [experiment] if experiment else list(experiments())
+    if experiment:
+        check_experiment(experiment)
+    table = Table("experiment", "file", "status", box=None)
+    missing = 0
+    root = None
+    for name in names:
+        cfg = compose(name)
+        root = data_dir(cfg)
+        files = required_files(cfg)
+        if not files:
+            table.add_row(name, "(none: data is generated)", "[green]ok[/green]")
+        for f in files:
+            ok = (root / f).exists()
+            missing += not ok
+            table.add_row(name, f, "[green]present[/green]" if ok else "[red]MISSING[/red]")
+    out.print(f"data dir: {root.resolve() if root else '?'} (TDX_DATA_DIR="
+              f"{os.environ.get('TDX_DATA_DIR', '<not set>')})")
+    out.print(table)
+    if missing:
+        out.print(f"[red]{missing} file(s) missing.[/red] Put them under the data dir at the "
+                  "paths shown, or set TDX_DATA_DIR to the folder that holds them.")
+        raise typer.Exit(1)
+
+
+@app.command("plugin-dir")
+def plugin_dir() -> None:
+    """Print the fairseq --user-dir that registers tdx's models and tasks."""
+    from tdx.fairseq_engine import PLUGIN_DIR
+
+    print(PLUGIN_DIR)
+
+
+if __name__ == "__main__":
+    app()

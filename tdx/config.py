@@ -1,0 +1,196 @@
+"""Composing and checking experiment configs before anything runs.
+
+Every problem a user can cause from the command line (unknown experiment, unknown key,
+malformed override, wrong type, missing data file) becomes a `UsageError` with one
+paragraph that names the bad part and the closest valid names; the CLI prints it and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import tdx.conf
+
+CONF_DIR = Path(tdx.conf.__file__).resolve().parent
+ENGINES = ("fairseq",)
+
+
+class UsageError(Exception):
+    """A user mistake: printed as a message, exit code 2."""
+
+
+def experiments() -> dict[str, str]:
+    """{name: one-line description} for every conf/experiment/*.yaml."""
+    out = {}
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        desc = ""
+        for line in path.read_text().splitlines():
+            if line.startswith("description:"):
+                desc = line.split(":", 1)[1].strip().strip('"')
+        out[path.stem] = desc
+    return out
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _close(word: str, options: list[str] | dict[str, Any]) -> str:
+    near = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(near)}?" if near else ""
+
+
+def check_experiment(name: str) -> None:
+    known = experiments()
+    if name not in known:
+        raise UsageError(f"Unknown experiment '{name}'.{_close(name, known)} "
+                         f"Available: {', '.join(known)} (see `tdx list`).")
+
+
+def parse_overrides(overrides: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parsed = []
+    for text in overrides:
+        try:
+            parsed += OverridesParser.create().parse_overrides([text])
+        except OverrideParseException as e:
+            first = str(e).splitlines()[0]
+            raise UsageError(f"Malformed override '{text}': {first}. Overrides look like "
+                             "key=value, +new.key=value, ~key, group=option, or for -m "
+                             "sweeps key=a,b,c.") from None
+    return parsed
+
+
+def _first_value(o: Any) -> str:
+    """A sweep override (key=a,b) reduced to its first value, for checking."""
+    if o.is_sweep_override():
+        return f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+    return o.input_line
+
+
+def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The experiment's config with `overrides`, as `tdx show` prints it (no hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=[f"experiment={name}", *(overrides or [])])
+
+
+def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            node = cfg._get_node(k)
+            if isinstance(node, DictConfig):
+                keys += flat_keys(node, full + ".")
+    return keys
+
+
+def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig:
+    """Validate an experiment + overrides; return the composed config (first sweep point)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    check_experiment(name)
+    parsed = parse_overrides(overrides)
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise UsageError(f"Override '{sweeps[0]}' is a sweep (comma list); add -m/--multirun "
+                         "to run one job per value, or give a single value.")
+    user = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    base = compose(name)
+    try:
+        cfg = compose(name, [_first_value(o) for o in user])
+    except MissingConfigException as e:
+        group = str(getattr(e, "missing_cfg_file", "") or "")
+        bad = next((o for o in user if f"{o.key_or_group}/" in str(e)), None)
+        if bad is not None:
+            options = group_options(bad.key_or_group)
+            choice = _first_value(bad).split("=", 1)[1]
+            raise UsageError(
+                f"Unknown option '{choice}' for config group '{bad.key_or_group}'."
+                f"{_close(choice, options)} Options: {', '.join(options)}.") from None
+        raise UsageError(f"Config not found: {str(e).splitlines()[0]} {group}") from None
+    except ConfigCompositionException as e:
+        msg = str(e).splitlines()[0]
+        bad = next((o for o in user if f"'{o.key_or_group}'" in msg), None)
+        key = bad.key_or_group if bad is not None else msg
+        hint = _close(key, flat_keys(base))
+        raise UsageError(f"Unknown config key '{key}' in override "
+                         f"'{bad.input_line if bad is not None else '?'}'.{hint} Use `tdx show "
+                         f"{name}` to see every key, or prefix the override with + to add "
+                         "a new key.") from None
+    check_types(base, cfg, [o for o in user if not (o.is_add() or o.is_delete())])
+    if cfg.engine not in ENGINES:
+        raise UsageError(f"Unknown engine '{cfg.engine}'.{_close(cfg.engine, ENGINES)} "
+                         f"Engines: {', '.join(ENGINES)}.")
+    return cfg
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, DictConfig | dict):
+        return "mapping"
+    if isinstance(v, ListConfig | list):
+        return "list"
+    return "any"
+
+
+def check_types(base: DictConfig, cfg: DictConfig, overrides: list[Any]) -> None:
+    """A value overridden with a different kind (number/bool/mapping/list) than the
+    default it replaces is a mistake (e.g. `trainer.max_update=abc`)."""
+    for o in overrides:
+        if o.is_sweep_override() or "/" in o.key_or_group:
+            continue
+        key = o.key_or_group
+        old = OmegaConf.select(base, key, default=None, throw_on_missing=False)
+        new = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if old is None or new is None or _kind(old) == "any" or key in group_options_all():
+            continue
+        if _kind(old) != _kind(new):
+            raise UsageError(
+                f"Wrong type for '{key}': got {new!r} ({type(new).__name__}), expected a "
+                f"{_kind(old)} like the default {OmegaConf.to_yaml(old).strip() if isinstance(old, DictConfig | ListConfig) else repr(old)}.")
+
+
+def group_options_all() -> set[str]:
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+def data_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.data_dir).expanduser()
+
+
+def required_files(cfg: DictConfig) -> list[str]:
+    meta = OmegaConf.select(cfg, "data.meta.files", default=None)
+    return list(meta or [])
+
+
+def missing_files(cfg: DictConfig) -> list[str]:
+    root = data_dir(cfg)
+    return [f for f in required_files(cfg) if not (root / f).exists()]
+
+
+def check_data(cfg: DictConfig) -> None:
+    missing = missing_files(cfg)
+    if missing:
+        env = os.environ.get("TDX_DATA_DIR")
+        raise UsageError(
+            f"Missing data file{'s' if len(missing) > 1 else ''} for '{cfg.name}': "
+            f"{', '.join(missing)} (searched data dir {data_dir(cfg).resolve()}; "
+            f"TDX_DATA_DIR is {'set to ' + env if env else 'not set'}). Put the files there "
+            "or point TDX_DATA_DIR (or paths.data_dir=...) at the folder that holds them; "
+            "`tdx data check` lists what every experiment needs.")

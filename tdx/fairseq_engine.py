@@ -1,0 +1,245 @@
+"""The fairseq engine: one training loop for every sequence model in tdx.
+
+fairseq owns the model, task, criterion, optimiser and `Trainer.train_step`; this loop owns
+what a run folder needs: progress, metrics.jsonl, periodic generation-based validation,
+atomic checkpoints, resume, Ctrl-C/SIGTERM, and divergence detection.
+
+The experiment config's `data`, `model` and `optim` sections (minus their `meta` keys) are
+turned into fairseq command-line arguments, so every fairseq option is reachable as an
+override (`model.encoder_layers=3`) and the same models run under plain `fairseq-train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tdx.progress import TrainProgress
+from tdx.run import RunDir, StopFlag
+from tdx.seqeval import evaluate_generation
+
+log = logging.getLogger("tdx")
+PLUGIN_DIR = Path(__file__).resolve().parent / "tdx_fairseq"
+SECTIONS = ("data", "model", "optim")
+
+
+def to_argv(options: dict[str, Any]) -> list[str]:
+    """{"max_tokens": 4000, "share_all_embeddings": True} -> ["--max-tokens", "4000", ...].
+
+    True is a bare flag, False/None are left out, lists are comma-joined.
+    """
+    argv: list[str] = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
+    """The full fairseq training command line for an experiment config."""
+    options: dict[str, Any] = {}
+    for section in SECTIONS:
+        part = OmegaConf.to_container(cfg[section], resolve=True) if section in cfg else {}
+        options.update({k: v for k, v in part.items() if k != "meta"})
+    positional = [str(options.pop("data_path"))] if "data_path" in options else []
+    t = cfg.trainer
+    options.update(
+        user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=True, num_workers=0,
+        max_update=t.max_update, save_dir=str(save_dir), no_progress_bar=True,
+        log_format="none", disable_validation=True)
+    return positional + to_argv(options)
+
+
+@contextmanager
+def _fairseq_hydra() -> Iterator[None]:
+    """fairseq composes its config with hydra.experimental (Hydra 1.1 API) and clears
+    Hydra's global state; run it under version base 1.1 and give Hydra its state back, so
+    it works inside a running `tdx train` job."""
+    from hydra import version
+    from hydra.core.singleton import Singleton
+
+    state, base = Singleton.get_state(), version.getbase()
+    version.setbase("1.1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        version.setbase(str(base) if base is not None else "1.1")
+        Singleton.set_state(state)
+
+
+def parse_fairseq(argv: list[str]) -> Any:
+    """fairseq's own parser: returns its FairseqConfig (an omegaconf DictConfig)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, input_args=argv)
+    with _fairseq_hydra():
+        return convert_namespace_to_omegaconf(args)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
+    """Train, validate and test one fairseq model; returns the final status."""
+    from fairseq import tasks, utils
+    from fairseq.trainer import Trainer
+
+    import tdx.tdx_fairseq  # noqa: F401  - registers tdx models/tasks + checkpoint allow-list
+
+    warnings.filterwarnings("ignore", message=".*(pin_memory|torch.cuda.amp).*")
+    fcfg = parse_fairseq(fairseq_argv(cfg, run.ckpt_dir))
+    utils.import_user_module(fcfg.common)
+    seed_everything(cfg.seed)
+    task = tasks.setup_task(fcfg.task)
+    for split in ("valid", "test"):
+        task.load_dataset(split)
+    model = task.build_model(fcfg.model)
+    criterion = task.build_criterion(fcfg.criterion)
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer = Trainer(fcfg, task, model, criterion)
+
+    last = run.ckpt_dir / "checkpoint_last.pt"
+    extra: dict[str, Any] = {}
+    if cfg.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"cannot resume: {last} does not exist")
+        extra = trainer.load_checkpoint(str(last)) or {}
+        run.truncate_metrics(trainer.get_num_updates())
+    epoch_itr = trainer.get_train_iterator(epoch=extra.get("train_iterator", {}).get("epoch", 1))
+    if "train_iterator" in extra:
+        epoch_itr.load_state_dict(extra["train_iterator"])
+    best: dict[str, Any] = extra.get("tdx_best", {})
+    t = cfg.trainer
+    key, mode = t.best_metric, t.best_mode
+    run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
+    log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
+
+    def save(path: Path = last) -> None:
+        state = {"train_iterator": epoch_itr.state_dict(), "tdx_best": best}
+        trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
+        trainer.save_checkpoint(str(path), state)  # fairseq writes .tmp then renames
+
+    def validate(step: int) -> dict[str, Any]:
+        scores = evaluate_generation(task, [trainer.model], "valid", beam=1,
+                                     max_sentences=t.valid_max_sentences,
+                                     batch_size=t.eval_batch_size)
+        scores["loss"] = valid_loss(trainer, task)
+        scores.pop("sent_per_s")
+        run.log(step, "valid", scores)
+        better = not best or (scores[key] > best[key] if mode == "max" else
+                              scores[key] < best[key])
+        if better:
+            best.clear()
+            best.update(scores, step=step)
+            save(run.ckpt_dir / "checkpoint_best.pt")
+        return scores
+
+    step = trainer.get_num_updates()
+    bar = TrainProgress(t.max_update, start=step, log_every=t.log_every,
+                        description=cfg.name)
+    status = "completed"
+    try:
+        while step < t.max_update and not stop:
+            itr = epoch_itr.next_epoch_itr(shuffle=True)
+            for sample in itr:
+                out = trainer.train_step([sample])
+                if out is None:  # OOM-skipped batch
+                    continue
+                step = trainer.get_num_updates()
+                loss = float(out.get("loss", math.nan))
+                if not math.isfinite(loss):
+                    raise Diverged(f"loss is {loss} at update {step}")
+                if step % t.log_every == 0:
+                    run.log(step, "train", {"loss": round(loss, 4),
+                                            "nll_loss": round(float(out.get("nll_loss", loss)), 4),
+                                            "lr": trainer.get_lr(), "epoch": epoch_itr.epoch})
+                bar.update(step, float(sample["ntokens"]), "tok", loss=loss)
+                if step % t.valid_every == 0 or step >= t.max_update:
+                    scores = validate(step)
+                    bar.message(f"[valid] step {step} " + _short(scores))
+                if step % t.save_every == 0 or step >= t.max_update:
+                    save()
+                if step >= t.max_update or stop:
+                    break
+            if not itr.has_next() and step < t.max_update:
+                epoch_itr = trainer.get_train_iterator(epoch_itr.next_epoch_idx)
+    except (Diverged, FloatingPointError) as e:
+        status = "diverged"
+        bar.message(f"[red]diverged:[/red] {e}")
+        run.update(error=str(e))
+    finally:
+        bar.close()
+
+    if stop and status == "completed":
+        save()
+        run.finish("interrupted", step=step, best=best, rate_tok_s=round(bar.rate))
+        log.warning("interrupted at update %d; resume with resume=%s", step, run.path)
+        return "interrupted"
+    if status == "diverged":
+        run.finish("diverged", step=step, best=best)
+        return status
+
+    final = test(cfg, task, trainer, run)
+    run.finish("completed", step=step, best=best, final=final, rate_tok_s=round(bar.rate))
+    return status
+
+
+def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any]:
+    """Score the best checkpoint on the test split with greedy and beam search."""
+    best = run.ckpt_dir / "checkpoint_best.pt"
+    if best.exists():
+        trainer.load_checkpoint(str(best), reset_optimizer=True, reset_lr_scheduler=True,
+                                reset_meters=True)
+    final: dict[str, Any] = {}
+    speed: dict[str, Any] = {}
+    for beam in sorted({1, int(cfg.trainer.test_beam)}):
+        scores = evaluate_generation(task, [trainer.model], "test", beam=beam,
+                                     batch_size=cfg.trainer.eval_batch_size)
+        tag = "greedy" if beam == 1 else f"beam{beam}"
+        speed[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
+        final.update({f"{k}_{tag}" if k != "n" else k: v for k, v in scores.items()})
+    run.log(trainer.get_num_updates(), "test", final)
+    return {**final, **speed}
+
+
+def valid_loss(trainer: Any, task: Any) -> float:
+    """Teacher-forced validation loss (fairseq criterion, base 2)."""
+    itr = trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False)
+    total, n = 0.0, 0.0
+    for sample in itr:
+        out = trainer.valid_step(sample)
+        total += float(out.get("loss", 0.0)) * float(out.get("sample_size", 1))
+        n += float(out.get("sample_size", 1))
+    return round(total / max(n, 1.0), 4)
+
+
+def _short(scores: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float))

@@ -1,0 +1,265 @@
+"""`tdx report`: tables and learning curves from run folders, and nothing else.
+
+A run folder is found by its summary.json; its config.yaml, overrides.yaml and
+metrics.jsonl give the rest. Rows are runs, or configs (mean ± std over seeds) with
+`--aggregate`; columns are the overrides that differ between runs plus the final metrics,
+or a paper's preset (`--table copy`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from tdx.config import UsageError
+from tdx.run import git_commit, machine_info, read_json, read_metrics
+
+IGNORED_OVERRIDES = ("hydra.", "hydra/", "experiment=", "resume=", "paths.")
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    overrides: dict[str, str]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, dotted: str) -> Any:
+        """'params', 'final.bleu_beam5', 'config.model.meta.label', 'override.model'."""
+        head, _, rest = dotted.partition(".")
+        if head == "config":
+            return OmegaConf.select(OmegaConf.create(self.config), rest, default=None)
+        if head == "override":
+            return self.overrides.get(rest)
+        node: Any = self.summary
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def curve(self, split: str, metric: str) -> list[tuple[int, float]]:
+        return [(m["step"], m["metrics"][metric]) for m in self.metrics
+                if m["split"] == split and isinstance(m["metrics"].get(metric), int | float)]
+
+    def first_step(self, split: str, metric: str, threshold: float) -> int | None:
+        return next((s for s, v in self.curve(split, metric) if v >= threshold), None)
+
+
+def collect(paths: list[Path]) -> list[Run]:
+    runs = []
+    for root in paths:
+        if not Path(root).exists():
+            raise UsageError(f"No such run folder: '{root}'.")
+        for summary in sorted(Path(root).rglob("summary.json")):
+            d = summary.parent
+            cfg_path = d / "config.yaml"
+            ov = yaml.safe_load((d / "overrides.yaml").read_text()) \
+                if (d / "overrides.yaml").exists() else []
+            runs.append(Run(
+                d, read_json(summary),
+                yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {},
+                dict(o.split("=", 1) for o in (ov or []) if "=" in o
+                     and not o.startswith(IGNORED_OVERRIDES)),
+                read_metrics(d / "metrics.jsonl")))
+    if not runs:
+        raise UsageError(f"No run folders (with summary.json) under: "
+                         f"{', '.join(map(str, paths))}.")
+    return runs
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    vals = [v * scale for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+@dataclass
+class Column:
+    header: str
+    value: Callable[[list[Run]], str]
+
+
+def _first(key: str) -> Callable[[list[Run]], str]:
+    return lambda runs: str(runs[0].get(key) if runs[0].get(key) is not None else "-")
+
+
+def _stat(key: str, scale: float = 1.0, digits: int = 1) -> Callable[[list[Run]], str]:
+    return lambda runs: mean_std([r.get(key) for r in runs], scale, digits)
+
+
+def _updates_to(split: str, metric: str, thr: float) -> Callable[[list[Run]], str]:
+    def cell(runs: list[Run]) -> str:
+        steps = [r.first_step(split, metric, thr) for r in runs]
+        hit = [s for s in steps if s is not None]
+        if not hit:
+            return f"not reached (0/{len(runs)})"
+        text = mean_std([float(s) for s in hit], digits=0)
+        return text if len(hit) == len(runs) else f"{text} ({len(hit)}/{len(runs)})"
+    return cell
+
+
+def _params(runs: list[Run]) -> str:
+    p = runs[0].get("params")
+    return f"{p / 1e6:.2f}M" if isinstance(p, int | float) else "-"
+
+
+# Paper presets: (group key, sort key, columns).
+PRESETS: dict[str, tuple[str, str, list[Column]]] = {
+    "copy": ("config.model.meta.label", "config.model.meta.degree", [
+        Column("Model", _first("config.model.meta.label")),
+        Column("Attention", _first("config.model.meta.attention")),
+        Column("Degree", _first("config.model.meta.degree")),
+        Column("Params", _params),
+        Column("Exact match % (greedy)", _stat("final.exact_match_greedy", 100)),
+        Column("Exact match % (beam 5)", _stat("final.exact_match_beam5", 100)),
+        Column("Token acc % (greedy)", _stat("final.token_acc_greedy", 100)),
+        Column("BLEU (beam 5)", _stat("final.bleu_beam5")),
+        Column("Updates to 90% EM (valid)", _updates_to("valid", "exact_match", 0.9)),
+        Column("Seeds", lambda runs: str(len(runs))),
+    ]),
+}
+
+
+def generic_table(runs: list[Run], aggregate: bool) -> tuple[list[str], list[list[str]]]:
+    keys = sorted({k for r in runs for k in r.overrides})
+    varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    if aggregate:
+        varying = [k for k in varying if k != "seed"]
+    finals = sorted({k for r in runs for k, v in r.summary.get("final", {}).items()
+                     if isinstance(v, int | float)})
+    groups = _group(runs, lambda r: tuple(r.overrides.get(k) for k in varying)) \
+        if aggregate else [[r] for r in runs]
+    headers = ([] if aggregate else ["run"]) + varying + ["status", *finals] + \
+        (["seeds"] if aggregate else [])
+    rows = []
+    for g in groups:
+        row = [] if aggregate else [str(g[0].path)]
+        row += [str(g[0].overrides.get(k, "-")) for k in varying]
+        row.append(",".join(sorted({r.summary.get("status", "?") for r in g})))
+        row += [mean_std([r.get(f"final.{k}") for r in g], digits=4) for k in finals]
+        rows.append(row + ([str(len(g))] if aggregate else []))
+    return headers, rows
+
+
+def _group(runs: list[Run], key: Callable[[Run], Any]) -> list[list[Run]]:
+    out: dict[Any, list[Run]] = {}
+    for r in runs:
+        out.setdefault(key(r), []).append(r)
+    return list(out.values())
+
+
+def preset_table(runs: list[Run], name: str) -> tuple[list[str], list[list[str]]]:
+    if name not in PRESETS:
+        raise UsageError(f"Unknown table preset '{name}'. Presets: {', '.join(PRESETS)}.")
+    group_key, sort_key, columns = PRESETS[name]
+    done = [r for r in runs if r.summary.get("status") == "completed"]
+    groups = sorted(_group(done, lambda r: r.get(group_key)),
+                    key=lambda g: (g[0].get(sort_key) or 0, str(g[0].get(group_key))))
+    return [c.header for c in columns], [[c.value(g) for c in columns] for g in groups]
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def render(headers: list[str], rows: list[list[str]], fmt: str) -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([headers, *rows])
+        return buf.getvalue()
+    if fmt == "latex":
+        esc = lambda s: str(s).replace("%", r"\%").replace("±", r"$\pm$").replace("_", r"\_")  # noqa: E731
+        lines = [r"\begin{tabular}{" + "l" * len(headers) + "}", r"\toprule",
+                 " & ".join(map(esc, headers)) + r" \\", r"\midrule"]
+        lines += [" & ".join(map(esc, r)) + r" \\" for r in rows]
+        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
+    if fmt == "md":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    raise UsageError(f"Unknown format '{fmt}': use md, csv or latex.")
+
+
+def stamp(runs: list[Run], command: str) -> str:
+    """Provenance: the report command, the training commands and commits of the runs."""
+    commits = sorted({str(r.summary.get("git_commit", "unknown")) for r in runs})
+    train_cmds = sorted({str(r.summary.get("command")) for r in runs if r.summary.get("command")})
+    m = machine_info()
+    lines = [f"- Report command: `{command}` (tdx commit {git_commit()}, "
+             f"{time.strftime('%Y-%m-%d %H:%M')})",
+             *[f"- Training command: `{c}`" for c in train_cmds],
+             f"- Runs: {len(runs)} from `{_common_root(runs)}`, trained at commit(s) "
+             f"{', '.join(commits)}",
+             f"- Machine: {runs[0].summary.get('cpu', m['cpu'])}, "
+             f"{runs[0].summary.get('cores', m['cores'])} cores, host "
+             f"{runs[0].summary.get('host', m['host'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _common_root(runs: list[Run]) -> str:
+    import os
+    return os.path.commonpath([str(r.path) for r in runs])
+
+
+def plot(runs: list[Run], out: Path, split: str, metric: str, group_key: str | None) -> None:
+    """Learning curves: `split`/`metric` against updates, mean over the runs of a group
+    with a min-max band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = (lambda r: str(r.get(group_key))) if group_key else (lambda r: r.path.name)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for g in _group(runs, key):
+        curves = [dict(r.curve(split, metric)) for r in g]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not steps:
+            continue
+        vals = [[c[s] for c in curves] for s in steps]
+        ax.plot(steps, [statistics.mean(v) for v in vals], label=f"{key(g[0])} (n={len(g)})")
+        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
+    ax.set_xlabel("updates")
+    ax.set_ylabel(f"{split} {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
+           aggregate: bool = False, out: Path | None = None, plot_file: Path | None = None,
+           plot_metric: str = "valid.exact_match", command: str = "tdx report") -> str:
+    runs = collect(paths)
+    headers, rows = preset_table(runs, preset) if preset else generic_table(runs, aggregate)
+    text = render(headers, rows, fmt)
+    if plot_file:
+        split, _, metric = plot_metric.partition(".")
+        plot(runs, plot_file, split, metric, PRESETS[preset][0] if preset else None)
+    if out:
+        body = text
+        if fmt == "md":
+            title = f"# {preset or 'tdx'} results\n\n"
+            failed = [r for r in runs if r.summary.get("status") != "completed"]
+            note = (f"\n{len(failed)} run(s) not completed and left out: "
+                    + ", ".join(f"{r.path.name} ({r.summary.get('status')})" for r in failed)
+                    + "\n") if failed and preset else ""
+            body = title + text + note + "\n" + stamp(runs, command)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+    return text

@@ -1,0 +1,210 @@
+"""The run folder: the only interface between training and reporting.
+
+    runs/<experiment>/<YYYY-MM-DD_HH-MM-SS>[/<job>]/
+        config.yaml      resolved config
+        overrides.yaml   the command-line overrides that made it
+        metrics.jsonl    one JSON object per logged step: {"step", "split", "metrics"}
+        summary.json     status, final and best metrics, wall time, seed, commit, versions, host
+        checkpoints/     checkpoint_last.pt (+ checkpoint_best.pt)
+        train.log        the log
+
+Rewritten files are written atomically (temp file + rename). metrics.jsonl is append-only;
+on resume it is cut back to the checkpoint's step so no line is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text to path via a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe numbers: NaN/inf become strings so the file stays valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return _clean(x.item())
+    return x
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The commit of the source tree (with '+dirty' if it has uncommitted changes)."""
+    src = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True,
+                             capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=src, text=True, capture_output=True, timeout=10).stdout
+        return (sha + ("+dirty" if dirty.strip() else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("tdx", "torch", "fairseq-fixed", "hydra-core", "omegaconf", "sacrebleu"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class RunDir:
+    """A run folder being written by one training process (rank 0)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.ckpt_dir = self.path / "checkpoints"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(exist_ok=True)
+        self.t0 = time.time()
+        self.summary: dict[str, Any] = {}
+
+    # -- config ------------------------------------------------------------------
+    def write_config(self, config: dict, overrides: list[str]) -> None:
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write(self.path / "overrides.yaml", yaml.safe_dump(list(overrides)))
+
+    # -- metrics -----------------------------------------------------------------
+    def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        line = json.dumps({"step": step, "split": split, "metrics": _clean(metrics)})
+        with self.metrics_path.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep only lines with step <= `step` (used when resuming from a checkpoint)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write(self.metrics_path, "".join(ln + "\n" for ln in keep))
+
+    # -- summary -----------------------------------------------------------------
+    def start(self, seed: int, experiment: str, resumed: bool = False, command: str = ""
+              ) -> None:
+        previous = read_json(self.summary_path) if resumed else {}
+        self.summary = {
+            "experiment": experiment, "status": "running", "seed": seed,
+            "command": previous.get("command", command),
+            "final": {}, "best": {}, "wall_time_s": previous.get("wall_time_s", 0.0),
+            "git_commit": git_commit(), "versions": package_versions(), **machine_info(),
+            "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "resumed": previous.get("resumed", 0) + int(resumed),
+        }
+        self._wall0 = self.summary["wall_time_s"]
+        self.flush()
+
+    def update(self, **fields: Any) -> None:
+        self.summary.update(fields)
+        self.flush()
+
+    def finish(self, status: str, **fields: Any) -> None:
+        assert status in STATUSES, status
+        self.summary.update(fields, status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.flush()
+
+    def flush(self) -> None:
+        self.summary["wall_time_s"] = round(self._wall0 + time.time() - self.t0, 2) \
+            if hasattr(self, "_wall0") else 0.0
+        atomic_write(self.summary_path, json.dumps(_clean(self.summary), indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop checks it after every update."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def catch_stop_signals() -> Iterator[StopFlag]:
+    """Turn the first Ctrl-C / SIGTERM into a flag (second Ctrl-C aborts as usual)."""
+    flag = StopFlag()
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread (e.g. some launchers)
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)

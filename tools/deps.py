@@ -1,0 +1,14 @@
+"""Print the project's pip requirements that `make install` installs after fairseq.
+
+fairseq-fixed and torch are installed by the Makefile in a fixed order (see Makefile),
+so they are left out here; dev and launcher extras are added.
+"""
+
+import tomllib
+from pathlib import Path
+
+meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+skip = ("fairseq-fixed", "torch")
+reqs = [r for r in meta["dependencies"] if not r.startswith(skip)]
+reqs += meta["optional-dependencies"]["dev"] + meta["optional-dependencies"]["launchers"]
+print(" ".join(reqs))
