@@ -26,8 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "SR-NAM / attention papers.")
 data_app = typer.Typer(no_args_is_help=True, help="Data files: what each experiment needs.")
 app.add_typer(data_app, name="data")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Overrides = Annotated[list[str] | None, typer.Argument(
     help="Hydra overrides: key=value, +key=value, group=option; with -m, key=a,b,c")]
@@ -84,9 +84,11 @@ def train(
     if not folders:
         err.print("[red]no job wrote a run folder[/red]")
         raise typer.Exit(1)
-    table = report(folders, fmt="md")
     out.print(f"\n[bold]Results[/bold] ({len(folders)} run{'s' * (len(folders) > 1)})")
-    out.print(table, highlight=False, markup=False)
+    if len(folders) == 1:
+        out.print(run_table(folders[0]))
+    else:
+        out.print(report(folders, fmt="md"), highlight=False, markup=False)
     st = statuses(folders)
     for folder, s in zip(folders, st, strict=True):
         out.print(f"  {s:<11} {folder}", highlight=False)
@@ -94,6 +96,26 @@ def train(
         raise typer.Exit(130)
     if any(s != "completed" for s in st):
         raise typer.Exit(1)
+
+
+def run_table(folder: Path) -> Table:
+    """One run's summary as a two-column table: what a researcher reads first."""
+    from tdx.run import read_json
+
+    s = read_json(folder / "summary.json")
+    table = Table("", "", box=None, show_header=False)
+    rows = [("status", s.get("status")), ("model", s.get("model")),
+            ("parameters", f"{s['params']:,}" if "params" in s else None),
+            ("updates", s.get("step")), ("wall time", f"{s.get('wall_time_s', 0):.0f} s")]
+    rows += [(f"test {k}", f"{v:.4g}" if isinstance(v, float) else v)
+             for k, v in s.get("final", {}).items()]
+    rows += [("best valid " + k, f"{v:.4g}" if isinstance(v, float) else v)
+             for k, v in s.get("best", {}).items() if k in ("exact_match", "bleu", "step")]
+    rows += [("error", s.get("error"))] if s.get("error") else []
+    for k, v in rows:
+        if v is not None:
+            table.add_row(f"[bold]{k}[/bold]", str(v))
+    return table
 
 
 @app.command("report")
@@ -122,19 +144,22 @@ def report_cmd(
 
 @data_app.command("check")
 @usage_errors
-def data_check(experiment: Annotated[str | None, typer.Argument()] = None) -> None:
-    """Which data files each experiment needs, which are present, where to put the rest."""
-    from tdx.config import check_experiment, compose, data_dir, experiments, required_files
+def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
+               overrides: Overrides = None) -> None:
+    """Which data files each experiment (and each data=option) needs, which are present
+    under the data dir, and where to put the missing ones."""
+    from tdx.config import check, data_dir, data_options, experiments, required_files
 
-    names = [experiment] if experiment else list(experiments())
     if experiment:
-        check_experiment(experiment)
-    table = Table("experiment", "file", "status", box=None)
+        cfgs = {experiment: check(experiment, overrides or [])}
+    else:
+        cfgs = {name: check(name, []) for name in experiments()}
+        cfgs |= {f"data={opt}": check(next(iter(experiments())), [f"data={opt}"])
+                 for opt in data_options()}
+    root = data_dir(next(iter(cfgs.values())))
+    table = Table("experiment / data", "file", "status", box=None)
     missing = 0
-    root = None
-    for name in names:
-        cfg = compose(name)
-        root = data_dir(cfg)
+    for name, cfg in cfgs.items():
         files = required_files(cfg)
         if not files:
             table.add_row(name, "(none: data is generated)", "[green]ok[/green]")
@@ -142,7 +167,7 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None) -> No
             ok = (root / f).exists()
             missing += not ok
             table.add_row(name, f, "[green]present[/green]" if ok else "[red]MISSING[/red]")
-    out.print(f"data dir: {root.resolve() if root else '?'} (TDX_DATA_DIR="
+    out.print(f"data dir: {root.resolve()} (TDX_DATA_DIR="
               f"{os.environ.get('TDX_DATA_DIR', '<not set>')})")
     out.print(table)
     if missing:

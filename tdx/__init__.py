@@ -1,0 +1,6 @@
+"""tdx: a command-line experiment runner for five papers of one research line."""
+
+import logging
+
+# fairseq logs at INFO on import (optional extras it cannot find); keep the console quiet.
+logging.getLogger("fairseq").setLevel(logging.WARNING)

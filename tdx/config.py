@@ -37,6 +37,10 @@ def experiments() -> dict[str, str]:
     return out
 
 
+def data_options() -> list[str]:
+    return group_options("data")
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
@@ -82,7 +86,7 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[f"experiment={name}", *(overrides or [])])
+        return hydra_compose("tdx", overrides=[f"experiment={name}", *(overrides or [])])
 
 
 def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -124,6 +128,10 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
     except ConfigCompositionException as e:
         msg = str(e).splitlines()[0]
         bad = next((o for o in user if f"'{o.key_or_group}'" in msg), None)
+        if "already at" in str(e) and bad is not None:
+            raise UsageError(f"Override '{bad.input_line}' adds '{bad.key_or_group}', which "
+                             "exists already: drop the + to change it (or use ++ to add or "
+                             "change).") from None
         key = bad.key_or_group if bad is not None else msg
         hint = _close(key, flat_keys(base))
         raise UsageError(f"Unknown config key '{key}' in override "
@@ -134,6 +142,9 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
     if cfg.engine not in ENGINES:
         raise UsageError(f"Unknown engine '{cfg.engine}'.{_close(cfg.engine, ENGINES)} "
                          f"Engines: {', '.join(ENGINES)}.")
+    if cfg.engine == "fairseq":
+        from tdx.fairseq_engine import fairseq_argv, parse_fairseq
+        parse_fairseq(fairseq_argv(cfg, Path("checkpoints")))
     return cfg
 
 
@@ -161,9 +172,10 @@ def check_types(base: DictConfig, cfg: DictConfig, overrides: list[Any]) -> None
         if old is None or new is None or _kind(old) == "any" or key in group_options_all():
             continue
         if _kind(old) != _kind(new):
+            default = OmegaConf.to_container(old) if OmegaConf.is_config(old) else old
             raise UsageError(
                 f"Wrong type for '{key}': got {new!r} ({type(new).__name__}), expected a "
-                f"{_kind(old)} like the default {OmegaConf.to_yaml(old).strip() if isinstance(old, DictConfig | ListConfig) else repr(old)}.")
+                f"{_kind(old)} like the default {default!r}.")
 
 
 def group_options_all() -> set[str]:

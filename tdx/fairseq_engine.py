@@ -11,12 +11,13 @@ override (`model.encoder_layers=3`) and the same models run under plain `fairseq
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tdx.config import UsageError
 from tdx.progress import TrainProgress
 from tdx.run import RunDir, StopFlag
 from tdx.seqeval import evaluate_generation
@@ -87,12 +89,28 @@ def _fairseq_hydra() -> Iterator[None]:
 
 
 def parse_fairseq(argv: list[str]) -> Any:
-    """fairseq's own parser: returns its FairseqConfig (an omegaconf DictConfig)."""
+    """fairseq's own parser: returns its FairseqConfig (an omegaconf DictConfig).
+
+    An argument fairseq rejects becomes a UsageError naming it (argparse would print its
+    whole usage and exit).
+    """
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    import tdx.tdx_fairseq  # noqa: F401  - registers tdx models/tasks + checkpoint allow-list
+
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, input_args=argv)
+    captured = io.StringIO()
+    try:
+        with redirect_stderr(captured):
+            args = options.parse_args_and_arch(parser, input_args=argv)
+    except SystemExit:
+        lines = [ln for ln in captured.getvalue().splitlines() if "error:" in ln]
+        reason = lines[-1].split("error:", 1)[1].strip() if lines else captured.getvalue()
+        raise UsageError(
+            f"fairseq rejected the options of this config: {reason}. Each key of the data, "
+            "model and optim sections is passed to fairseq as --key-with-dashes; remove the "
+            "key with ~section.key or fix its value (`tdx show` prints them).") from None
     with _fairseq_hydra():
         return convert_namespace_to_omegaconf(args)
 
@@ -111,8 +129,6 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     """Train, validate and test one fairseq model; returns the final status."""
     from fairseq import tasks, utils
     from fairseq.trainer import Trainer
-
-    import tdx.tdx_fairseq  # noqa: F401  - registers tdx models/tasks + checkpoint allow-list
 
     warnings.filterwarnings("ignore", message=".*(pin_memory|torch.cuda.amp).*")
     fcfg = parse_fairseq(fairseq_argv(cfg, run.ckpt_dir))

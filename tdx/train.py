@@ -60,7 +60,7 @@ def run_job(cfg: DictConfig) -> str:
 def _hydra_main(argv: list[str]) -> None:
     import hydra
 
-    main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
+    main = hydra.main(config_path=str(CONF_DIR), config_name="tdx", version_base="1.3")(
         run_job)
     saved = sys.argv
     sys.argv = ["tdx", *argv]

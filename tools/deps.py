@@ -7,7 +7,8 @@ so they are left out here; dev and launcher extras are added.
 import tomllib
 from pathlib import Path
 
-meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+meta = tomllib.loads(pyproject.read_text())["project"]
 skip = ("fairseq-fixed", "torch")
 reqs = [r for r in meta["dependencies"] if not r.startswith(skip)]
 reqs += meta["optional-dependencies"]["dev"] + meta["optional-dependencies"]["launchers"]

@@ -1,0 +1,45 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TDX = str(Path(sys.executable).with_name("tdx"))
+os.environ.setdefault("TDX_DATA_DIR", str(REPO.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A copy-task run that takes seconds: small data, small LSTM + additive attention.
+TINY = ["data.train_size=300", "data.valid_size=40", "data.test_size=40", "data.batch_size=16",
+        "model.encoder_embed_dim=16", "model.encoder_hidden_size=32",
+        "model.decoder_embed_dim=16", "model.decoder_hidden_size=32",
+        "model.decoder_out_embed_dim=32", "trainer.max_update=20", "trainer.valid_every=10",
+        "trainer.save_every=10", "trainer.log_every=5", "trainer.test_beam=2"]
+
+
+def tdx(*args: str, cwd: Path, check: bool = False, timeout: int = 300,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `tdx` console script as a user would."""
+    proc = subprocess.run([TDX, *args], cwd=cwd, text=True, capture_output=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tdx {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n"
+                             f"{proc.stderr}")
+    return proc
+
+
+def only_run(runs: Path) -> Path:
+    found = [p.parent for p in runs.rglob("summary.json")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"

@@ -1,0 +1,111 @@
+"""Training through the runner: run folders, determinism, faults, resume, sweeps."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tdx.config import group_options
+
+from .conftest import TDX, TINY, only_run, summary, tdx
+
+DIVERGE = ["optim=sgd", "optim.lr=1e38"]
+
+
+def lines(run):
+    return (run / "metrics.jsonl").read_text().splitlines()
+
+
+def test_tiny_run_writes_a_complete_run_folder(tmp_path, runs):
+    proc = tdx("train", "copy", *TINY, f"paths.runs_dir={runs}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = only_run(runs)
+    assert run.parent.name == "copy"  # runs/<experiment>/<timestamp>/
+    for name in ("config.yaml", "overrides.yaml", "metrics.jsonl", "summary.json", "train.log",
+                 "checkpoints/checkpoint_last.pt", "checkpoints/checkpoint_best.pt"):
+        assert (run / name).exists(), name
+    s = summary(run)
+    assert s["status"] == "completed" and s["seed"] == 1 and s["step"] == 20
+    assert {"git_commit", "versions", "host", "wall_time_s", "params", "command"} <= set(s)
+    assert {"exact_match_greedy", "bleu_beam2", "token_acc_greedy"} <= set(s["final"])
+    recs = [json.loads(x) for x in lines(run)]
+    assert [r["step"] for r in recs if r["split"] == "train"] == [5, 10, 15, 20]
+    assert [r["step"] for r in recs if r["split"] == "valid"] == [10, 20]
+    assert recs[-1]["split"] == "test"
+    assert "Results" in proc.stdout and "exact_match" in proc.stdout
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        tdx("train", "copy", *TINY, f"paths.runs_dir={d}", cwd=tmp_path, check=True)
+    assert lines(only_run(a)) == lines(only_run(b))
+    c = tmp_path / "c"
+    tdx("train", "copy", *TINY, "seed=2", f"paths.runs_dir={c}", cwd=tmp_path, check=True)
+    assert lines(only_run(a)) != lines(only_run(c))
+
+
+def test_nan_loss_marks_run_diverged(tmp_path, runs):
+    proc = tdx("train", "copy", *TINY, *DIVERGE, f"paths.runs_dir={runs}", cwd=tmp_path)
+    assert proc.returncode == 1
+    s = summary(only_run(runs))
+    assert s["status"] == "diverged" and "nan" in s["error"].lower() or "inf" in s["error"]
+
+
+def test_multirun_records_a_diverging_job_and_runs_the_rest(tmp_path, runs):
+    proc = tdx("train", "copy", *TINY, "optim=sgd", "optim.lr=0.001,1e38", "-m",
+               f"paths.runs_dir={runs}", cwd=tmp_path)
+    statuses = sorted(summary(p.parent)["status"] for p in runs.rglob("summary.json"))
+    assert len(statuses) == 2, proc.stdout + proc.stderr
+    assert "completed" in statuses and "diverged" in statuses
+    assert proc.returncode == 1
+
+
+def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
+    slow = [*TINY, "trainer.max_update=400", "trainer.save_every=1000", "trainer.valid_every=100",
+            "trainer.log_every=5"]
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    tdx("train", "copy", *slow, f"paths.runs_dir={ref_dir}", cwd=tmp_path, check=True)
+
+    proc = subprocess.Popen([TDX, "train", "copy", *slow, f"paths.runs_dir={cut_dir}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(cut_dir.rglob("metrics.jsonl"))
+        if found and sum(1 for _ in found[0].open()) >= 8:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    run = only_run(cut_dir)
+    s = summary(run)
+    assert s["status"] == "interrupted", s
+    assert 0 < s["step"] < 400
+    assert (run / "checkpoints" / "checkpoint_last.pt").exists()
+
+    res = tdx("train", "copy", f"resume={run}", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert summary(run)["status"] == "completed" and summary(run)["resumed"] == 1
+    got = [json.loads(x) for x in lines(run)]
+    keys = [(r["step"], r["split"]) for r in got]
+    assert len(keys) == len(set(keys)), "duplicated metrics lines"
+    assert [r["step"] for r in got if r["split"] == "train"] == list(range(5, 401, 5))
+    # resuming continues the same trajectory: same data order, dropout, optimiser state
+    assert lines(run) == lines(only_run(ref_dir))
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_every_copy_model_trains_and_decodes(tmp_path, runs, model):
+    proc = tdx("train", "copy", f"model={model}", "data.train_size=64", "data.valid_size=16",
+               "data.test_size=16", "data.batch_size=16", "trainer.max_update=4",
+               "trainer.valid_every=4", "trainer.save_every=4", "trainer.log_every=2",
+               "trainer.test_beam=2", f"paths.runs_dir={runs}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    s = summary(only_run(runs))
+    assert s["status"] == "completed" and s["params"] > 0
+    assert 0.0 <= s["final"]["token_acc_beam2"] <= 1.0
