@@ -51,7 +51,10 @@ def run_job(cfg: DictConfig) -> str:
     except UsageError as e:
         run.finish("failed", error=str(e))
         log.error("%s", e)
-    except Exception as e:  # noqa: BLE001 - any crash is recorded; the sweep goes on
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, but say so
+        run.finish("interrupted", error="aborted by a second Ctrl-C")
+        raise
+    except BaseException as e:  # noqa: BLE001 - any crash is recorded; the sweep goes on
         run.finish("failed", error=f"{type(e).__name__}: {e}")
         log.exception("job failed")
     return status
