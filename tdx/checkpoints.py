@@ -1,9 +1,10 @@
 """Loading fairseq checkpoints under torch >= 2.6 without switching `weights_only` off.
 
 torch.load now defaults to `weights_only=True`, which refuses any class that is not on an
-allow-list; fairseq checkpoints carry a few plain-data classes (the legacy argparse
-Namespace, fairseq's logging meters, numpy scalars). We allow-list exactly those, once,
-instead of passing `weights_only=False` (which would let a checkpoint run arbitrary code).
+allow-list. fairseq checkpoints carry the legacy `argparse.Namespace` (the model/task args
+inside `cfg`), and checkpoints written by `fairseq-train` also store the best validation
+score, a numpy float64. We allow-list exactly those, once, instead of passing
+`weights_only=False` (which would let a checkpoint run arbitrary code).
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ import torch
 
 
 def fairseq_safe_globals() -> list[object]:
-    from fairseq.logging import meters
-
-    return [
-        argparse.Namespace,
-        meters.AverageMeter, meters.SumMeter, meters.TimeMeter, meters.StopwatchMeter,
-        meters.ConcatTensorMeter, meters.MetersDict,
-        np._core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in
-                                               ("float64", "float32", "int64", "int32")},
-    ]
+    return [argparse.Namespace, np._core.multiarray.scalar, np.dtype,
+            type(np.dtype("float64"))]
 
 
 def allow_fairseq_checkpoints() -> None:

@@ -1,0 +1,102 @@
+"""`tdx report` reads run folders only: tables in md/csv/latex, seeds aggregated, curves."""
+
+import csv
+import io
+import json
+
+import yaml
+
+from tdx.report import mean_std, report
+from tdx.run import RunDir, atomic_write, read_metrics
+
+from .conftest import tdx
+
+
+def make_run(root, name, seed, model, degree, em, curve):
+    run = RunDir(root / name)
+    run.write_config({"name": "copy-study", "seed": seed,
+                      "model": {"meta": {"label": model, "attention": "x", "degree": degree}}},
+                     [f"seed={seed}", f"model={model}", "experiment=copy-study"])
+    run.start(seed, "copy-study")
+    for step, v in curve:
+        run.log(step, "valid", {"exact_match": v})
+    run.finish("completed", params=1_500_000, final={"exact_match_greedy": em,
+                                                     "exact_match_beam5": em,
+                                                     "token_acc_greedy": em,
+                                                     "bleu_beam5": 100 * em})
+    return run.path
+
+
+def fixture_runs(tmp_path):
+    root = tmp_path / "sweep"
+    make_run(root, "0", 1, "lstm", 0, 0.20, [(100, 0.1), (200, 0.2)])
+    make_run(root, "1", 2, "lstm", 0, 0.30, [(100, 0.1), (200, 0.3)])
+    make_run(root, "2", 1, "transformer", 3, 0.95, [(100, 0.5), (200, 0.95)])
+    make_run(root, "3", 2, "transformer", 3, 0.99, [(100, 0.92), (200, 0.99)])
+    return root
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"
+    assert mean_std([0.5], scale=100) == "50.0"
+    assert mean_std([]) == "-"
+
+
+def test_generic_table_one_row_per_run_and_aggregated(tmp_path):
+    root = fixture_runs(tmp_path)
+    rows = list(csv.reader(io.StringIO(report([root], fmt="csv"))))
+    assert rows[0][:4] == ["run", "model", "seed", "status"]
+    assert len(rows) == 5
+    agg = list(csv.reader(io.StringIO(report([root], fmt="csv", aggregate=True))))
+    assert agg[0][0] == "model" and "seed" not in agg[0] and agg[0][-1] == "seeds"
+    lstm = next(r for r in agg if r[0] == "lstm")
+    assert lstm[agg[0].index("exact_match_greedy")] == "0.2500 ± 0.0707"
+
+
+def test_copy_preset_orders_by_attention_and_counts_updates(tmp_path):
+    root = fixture_runs(tmp_path)
+    md = report([root], fmt="md", preset="copy")
+    body = md.splitlines()[2:]
+    assert body[0].startswith("| lstm") and body[1].startswith("| transformer")
+    assert "not reached (0/2)" in body[0]
+    assert "150 ± 71" in body[1]  # 90% reached at 200 and at 100 updates
+    assert "97.0 ± 2.8" in body[1]
+
+
+def test_latex_and_written_file_with_provenance(tmp_path):
+    root = fixture_runs(tmp_path)
+    tex = report([root], fmt="latex", preset="copy")
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex
+    out, png = tmp_path / "results" / "copy.md", tmp_path / "results" / "curves.png"
+    report([root], preset="copy", out=out, plot_file=png, command="make table-copy")
+    text = out.read_text()
+    assert "make table-copy" in text and "commit" in text and "Machine" in text
+    assert png.stat().st_size > 1000
+
+
+def test_report_cli(tmp_path):
+    root = fixture_runs(tmp_path)
+    proc = tdx("report", str(root), "--format", "csv", "--aggregate", cwd=tmp_path, check=True)
+    assert "lstm" in proc.stdout
+    bad = tdx("report", str(root), "--format", "xls", cwd=tmp_path)
+    assert bad.returncode == 2 and "Unknown format" in bad.stderr
+
+
+def test_atomic_write_and_metrics_truncation(tmp_path):
+    p = tmp_path / "a" / "x.json"
+    atomic_write(p, "1")
+    atomic_write(p, "2")
+    assert p.read_text() == "2" and list(p.parent.iterdir()) == [p]
+    run = RunDir(tmp_path / "run")
+    for step in (5, 10, 15):
+        run.log(step, "train", {"loss": float(step)})
+    run.truncate_metrics(10)
+    assert [m["step"] for m in read_metrics(run.metrics_path)] == [5, 10]
+    run.log(15, "train", {"loss": float("nan")})
+    assert json.loads(run.metrics_path.read_text().splitlines()[-1])["metrics"]["loss"] == "nan"
+
+
+def test_overrides_are_recorded(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.write_config({"a": 1}, ["a=1"])
+    assert yaml.safe_load((run.path / "overrides.yaml").read_text()) == ["a=1"]
