@@ -51,8 +51,8 @@ def random_sentences(n: int, vocab_size: int, min_len: int, max_len: int, seed: 
 
 
 def wikitext_sentences(data_dir: Path, max_tokens: int) -> list[list[str]]:
-    """Sentences (split at ' . ') of 3..max_tokens tokens from WikiText-2 valid+test,
-    headings and empty lines dropped, first occurrence kept."""
+    """Sentences (split after ' . ', ' ? ', ' ! ') of 3..max_tokens tokens from WikiText-2
+    valid+test, headings and empty lines dropped, first occurrence kept."""
     seen: set[str] = set()
     out = []
     for rel in WIKITEXT_FILES:
@@ -60,7 +60,7 @@ def wikitext_sentences(data_dir: Path, max_tokens: int) -> list[list[str]]:
             line = line.strip()
             if not line or line.startswith("="):
                 continue
-            for sent in re.split(r"(?<= \.) ", line):
+            for sent in re.split(r"(?<= [.?!]) ", line):
                 toks = sent.split()
                 if 3 <= len(toks) <= max_tokens and sent not in seen:
                     seen.add(sent)

@@ -14,6 +14,7 @@ on resume it is cut back to the checkpoint's step so no line is duplicated or lo
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -62,8 +63,10 @@ def _clean(x: Any) -> Any:
     return x
 
 
+@functools.lru_cache(maxsize=8)
 def git_commit(cwd: Path | None = None) -> str:
-    """The commit of the source tree (with '+dirty' if it has uncommitted changes)."""
+    """The commit of the source tree (with "+dirty" if it has uncommitted changes), read
+    once per process: the code that runs is the code imported at start."""
     src = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True,

@@ -36,6 +36,7 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, runs):
     assert [r["step"] for r in recs if r["split"] == "valid"] == [10, 20]
     assert recs[-1]["split"] == "test"
     assert "Results" in proc.stdout and "exact_match" in proc.stdout
+    assert "step 10/20" in proc.stdout  # not a terminal: plain progress lines
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
