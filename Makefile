@@ -45,7 +45,7 @@ table-copy: install
 	$(BIN)/tdx report $$(ls -d runs/copy-study/*/ | tail -n 1) --table copy \
 	  --out results/copy.md --plot results/copy_curves.png
 
-bench-talk-op: install
+bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
 
 clean-runs:

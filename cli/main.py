@@ -26,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "SR-NAM / attention papers.")
 data_app = typer.Typer(no_args_is_help=True, help="Data files: what each experiment needs.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory benchmarks.")
+app.add_typer(bench_app, name="bench")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -174,6 +176,63 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
         out.print(f"[red]{missing} file(s) missing.[/red] Put them under the data dir at the "
                   "paths shown, or set TDX_DATA_DIR to the folder that holds them.")
         raise typer.Exit(1)
+
+
+@bench_app.command("talk-op")
+@usage_errors
+def bench_talk_op(
+    lengths: Annotated[str, typer.Option(help="comma list of T")] = "128,512,2048,8192",
+    batch: Annotated[int, typer.Option(help="B")] = 8,
+    channels: Annotated[int, typer.Option(help="C")] = 512,
+    heads: Annotated[int, typer.Option(help="H")] = 8,
+    kmax: Annotated[int, typer.Option(help="K: TaLK maxima; kernel 2K+1 for convs")] = 15,
+    repeats: Annotated[int, typer.Option(help="timed repeats (median)")] = 5,
+    ops: Annotated[str, typer.Option(help="comma list of operators")] =
+        "talk,lightconv,dynamicconv,attention,floor",
+    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
+    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+    plot: Annotated[Path | None, typer.Option(help="time/memory vs length, log-log")] = None,
+) -> None:
+    """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
+    import json
+
+    from tdx.talk import bench
+
+    from tdx.config import UsageError
+
+    try:
+        Ts = [int(t) for t in lengths.split(",") if t]
+    except ValueError:
+        raise UsageError(f"--lengths must be a comma list of integers, got '{lengths}'.") \
+            from None
+    chosen = tuple(o for o in ops.split(",") if o)
+    unknown = [o for o in chosen if o not in bench.OPS]
+    if unknown or not Ts or min(Ts) < 1:
+        raise UsageError(f"Unknown operator(s) {unknown}; choose from {', '.join(bench.OPS)}."
+                         if unknown else "--lengths must hold positive integers.")
+    res = bench.run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen,
+                              progress=lambda m: err.print(m, highlight=False))
+    table = Table("T", *[f"{o} fwd/fwd+bwd ms (MB)" for o in chosen], title="TaLK operator")
+    for T, row in res["results"].items():
+        table.add_row(T, *[r.get("error", "?")[:24] if "error" in r else
+                           f"{r['fwd_ms']:.1f} / {r['fwd_bwd_ms']:.1f} ({r['peak_fwd_bwd_mb']:.0f})"
+                           for r in row.values()])
+    out.print(table)
+    ratio = Table("T", *[n for n, _, _ in bench.RATIOS], title="TaLK time / other")
+    for T, r in res["ratios"].items():
+        ratio.add_row(T, *["-" if v is None else f"{v:.3f}" for v in r.values()])
+    out.print(ratio)
+    for k, v in res["checks"].items():
+        out.print(f"  {k}: {v}")
+    command = shlex.join(["tdx", "bench", "talk-op", *sys.argv[3:]])
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(bench.to_markdown(res, command))
+    if plot:
+        bench.plot(res, plot)
 
 
 @app.command("plugin-dir")

@@ -16,13 +16,10 @@ so step-by-step outputs equal the full causal op.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
-from torch import Tensor, nn
-
 from tdx.talk.ops import talk_window_sum, talk_window_sum_fast, window_edges
+from torch import Tensor, nn
 
 
 @with_incremental_state
@@ -49,7 +46,7 @@ class TaLKConv(nn.Module):
                 f"right_max={self.right_max}, causal={self.causal}, "
                 f"offset_dropout={self.offset_dropout}")
 
-    def relative_offsets(self, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def relative_offsets(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(T, B, C) -> a_left, a_right in [0, 1], each (T, B, H) (a_right None if causal)."""
         a = torch.sigmoid(self.offsets(x).float())
         if self.training and self.offset_dropout > 0:
@@ -60,8 +57,8 @@ class TaLKConv(nn.Module):
         a_left, a_right = a.chunk(2, dim=-1)
         return a_left, a_right
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
-                incremental_state: Optional[dict] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None,
+                incremental_state: dict | None = None) -> Tensor:
         """x (T, B, C) -> (T, B, C). padding_mask (B, T), True at padding."""
         if x.dim() != 3 or x.size(-1) != self.embed_dim:
             raise ValueError(f"TaLKConv expects input of shape (T, B, {self.embed_dim}); got "

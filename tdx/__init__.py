@@ -3,4 +3,5 @@
 import logging
 
 # fairseq logs at INFO on import (optional extras it cannot find); keep the console quiet.
-logging.getLogger("fairseq").setLevel(logging.WARNING)
+for _name in ("fairseq", "filelock", "torch._inductor", "torch._dynamo"):
+    logging.getLogger(_name).setLevel(logging.WARNING)

@@ -1,0 +1,250 @@
+"""`tdx bench talk-op`: TaLK against the operators it replaces, on identical inputs.
+
+For each length T, every operator runs in a fresh subprocess (isolated from the others and
+bounded by a timeout): warm-up, then the median of repeated forward and forward+backward
+passes, and the peak tensor memory above the inputs, from torch's profiler (allocations and
+frees in time order; compile-time memory of TaLK's fused path is not counted).
+
+Operators, x of shape (T, B, C), H heads, kernel 2K+1 where one is needed:
+- talk         TaLKConv encoder layer (offset projection + window average), l_max=r_max=K
+- lightconv    fairseq LightweightConv1dTBC, CPU path (unfold when T > 512, as fairseq's
+               DynamicConv1dTBC chooses; the band-matrix path needs O(T^2) memory)
+- dynamicconv  fairseq DynamicConv1dTBC, CPU path (same rule)
+- attention    self-attention core: F.scaled_dot_product_attention on (B, H, T, C/H)
+- floor        memory-bound floor: torch.cumsum over x plus one elementwise pass
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
+
+
+def peak_memory_mb(fn: Callable[[], Any]) -> float:
+    """Peak of live tensor memory allocated while fn runs (profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, list]:
+    """(function of the inputs, inputs needing grad)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(T, B, C, requires_grad=True)
+    if op == "talk":
+        from tdx.talk.module import TaLKConv
+        m = TaLKConv(C, H, K, K)
+        return (lambda: m(x)), [x]
+    if op in ("lightconv", "dynamicconv"):
+        from fairseq.modules import DynamicConv1dTBC, LightweightConv1dTBC
+        cls = LightweightConv1dTBC if op == "lightconv" else DynamicConv1dTBC
+        m = cls(C, kernel_size=2 * K + 1, padding_l=K, num_heads=H, weight_softmax=True)
+        unfold = T > 512
+        return (lambda: m(x, unfold=unfold)), [x]
+    if op == "attention":
+        q, k, v = (torch.randn(B, H, T, C // H, requires_grad=True) for _ in range(3))
+        return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
+    if op == "floor":
+        return (lambda: torch.cumsum(x, 0) * 2.0), [x]
+    raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float) -> float:
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget_s and len(times) >= 1:
+            break
+    return statistics.median(times) * 1e3
+
+
+def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
+            budget_s: float) -> dict[str, Any]:
+    """Run in the worker subprocess: time and peak memory of one operator at one length."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("TDX_BENCH_THREADS", os.cpu_count() or 1)))
+    fn, inputs = _build(op, T, B, C, H, K)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn()
+
+    def fwd_bwd() -> None:
+        out = fn()
+        grads = torch.autograd.grad(out.sum(), inputs)
+        del grads
+
+    fwd(), fwd_bwd()  # warm-up (and compile, for TaLK's fused path)
+    return {"fwd_ms": round(_median_ms(fwd, repeats, budget_s), 3),
+            "fwd_bwd_ms": round(_median_ms(fwd_bwd, repeats, budget_s), 3),
+            "peak_fwd_mb": round(peak_memory_mb(fwd), 3),
+            "peak_fwd_bwd_mb": round(peak_memory_mb(fwd_bwd), 3)}
+
+
+def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
+            budget_s: float, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C), str(H), str(K),
+           str(repeats), str(budget_s)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout_s:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(lines[-1])
+
+
+RATIOS = (("talk/floor", "fwd_ms", "floor"), ("talk/lightconv", "fwd_bwd_ms", "lightconv"),
+          ("talk/dynamicconv", "fwd_bwd_ms", "dynamicconv"),
+          ("talk/attention", "fwd_bwd_ms", "attention"))
+
+
+def ratios(row: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """TaLK time over each other operator's (forward for the floor, fwd+bwd otherwise)."""
+    out: dict[str, float | None] = {}
+    for name, key, other in RATIOS:
+        a, b = row.get("talk", {}).get(key), row.get(other, {}).get(key)
+        out[name] = round(a / b, 3) if a and b else None
+    return out
+
+
+def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The issue's performance targets, evaluated on these numbers."""
+    Ts = sorted(results)
+    fb = {T: results[T].get("talk", {}).get("fwd_bwd_ms") for T in Ts}
+    out: dict[str, Any] = {}
+    out["faster_than_lightconv_and_dynamicconv_everywhere"] = all(
+        (r := ratios(results[T]))["talk/lightconv"] is not None and r["talk/lightconv"] < 1
+        and r["talk/dynamicconv"] is not None and r["talk/dynamicconv"] < 1 for T in Ts)
+    long = [T for T in Ts if T >= 1024]
+    out["faster_than_attention_from_T1024"] = bool(long) and all(
+        (r := ratios(results[T])["talk/attention"]) is not None and r < 1 for T in long)
+    if 512 in fb and 8192 in fb and fb[512] and fb[8192]:
+        out["time_ratio_8192_over_512"] = round(fb[8192] / fb[512], 2)
+        out["linear_time_(<=20)"] = out["time_ratio_8192_over_512"] <= 20
+        m = {T: results[T]["talk"].get("peak_fwd_bwd_mb") for T in (512, 8192)}
+        if m[512] and m[8192]:
+            out["memory_ratio_8192_over_512"] = round(m[8192] / m[512], 2)
+    fl = [ratios(results[T])["talk/floor"] for T in Ts if T >= 512]
+    out["max_talk_over_floor_T>=512"] = max((r for r in fl if r), default=None)
+    out["within_3x_of_floor"] = bool(fl) and all(r is not None and r <= 3 for r in fl)
+    return out
+
+
+def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
+                  repeats: int = 5, budget_s: float = 20.0, timeout_s: float = 900.0,
+                  ops: tuple[str, ...] = OPS,
+                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+    from tdx.run import git_commit, machine_info
+
+    if channels % heads:
+        from tdx.config import UsageError
+        raise UsageError(f"--channels ({channels}) must be divisible by --heads ({heads}).")
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for T in lengths:
+        results[T] = {}
+        for op in ops:
+            progress(f"T={T:>6} {op:<12} ...")
+            results[T][op] = run_one(op, T, batch, channels, heads, kmax, repeats, budget_s,
+                                     timeout_s)
+    return {
+        "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
+                   "kmax": kmax, "kernel_size": 2 * kmax + 1, "repeats": repeats,
+                   "dtype": "float32"},
+        "machine": machine_info(), "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "results": {str(T): r for T, r in results.items()},
+        "ratios": {str(T): ratios(r) for T, r in results.items()},
+        "checks": checks(results),
+    }
+
+
+def to_markdown(report: dict[str, Any], command: str) -> str:
+    cfg = report["config"]
+    ops = list(next(iter(report["results"].values())).keys())
+    lines = [
+        "# TaLK operator benchmark", "",
+        f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
+        f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms; "
+        "memory is the peak resident memory above the inputs in MB.", "",
+        "| T | " + " | ".join(f"{o} fwd | {o} fwd+bwd | {o} MB" for o in ops) + " |",
+        "|---|" + "---|---|---|" * len(ops)]
+    for T, row in report["results"].items():
+        cells = []
+        for o in ops:
+            r = row[o]
+            cells += [r.get("error", "")[:20] or f"{r['fwd_ms']:.1f}",
+                      "" if "error" in r else f"{r['fwd_bwd_ms']:.1f}",
+                      "" if "error" in r else f"{r['peak_fwd_bwd_mb']:.0f}"]
+        lines.append(f"| {T} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios (TaLK time / other; forward for the floor, forward+backward otherwise):",
+              "", "| T | " + " | ".join(n for n, _, _ in RATIOS) + " |",
+              "|---|" + "---|" * len(RATIOS)]
+    for T, r in report["ratios"].items():
+        lines.append(f"| {T} | " + " | ".join("-" if r[n] is None else f"{r[n]:.3f}"
+                                              for n, _, _ in RATIOS) + " |")
+    lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
+    m = report["machine"]
+    lines += ["", f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
+              f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, "
+              f"{report['date']}", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ts = [int(t) for t in report["results"]]
+    ops = list(next(iter(report["results"].values())).keys())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for op in ops:
+        pts = [(T, report["results"][str(T)][op]) for T in Ts]
+        pts = [(T, r) for T, r in pts if "error" not in r]
+        if not pts:
+            continue
+        axes[0].plot([T for T, _ in pts], [r["fwd_bwd_ms"] for _, r in pts], "o-", label=op)
+        axes[1].plot([T for T, _ in pts], [max(r["peak_fwd_bwd_mb"], 0.1) for _, r in pts],
+                     "o-", label=op)
+    for ax, title in zip(axes, ("forward+backward time (ms)", "peak memory (MB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # worker: python -m tdx.talk.bench OP T B C H K REPEATS BUDGET
+    op, *nums = sys.argv[1:]
+    T, B, C, H, K, R = map(int, nums[:6])
+    print(json.dumps(measure(op, T, B, C, H, K, R, float(nums[6]))))

@@ -1,0 +1,48 @@
+"""`tdx bench talk-op` on a tiny configuration: it measures, writes JSON/markdown/plot,
+and answers bad arguments with exit code 2."""
+
+import json
+
+from tdx.talk.bench import checks, ratios
+
+from .conftest import tdx
+
+
+def test_bench_talk_op_tiny(tmp_path):
+    js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    proc = tdx("bench", "talk-op", "--lengths", "32,64", "--batch", "1", "--channels", "16",
+               "--heads", "2", "--kmax", "3", "--repeats", "1", "--ops", "talk,lightconv,floor",
+               "--json", str(js), "--md", str(md), "--plot", str(png), cwd=tmp_path,
+               timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(js.read_text())
+    for T in ("32", "64"):
+        for op in ("talk", "lightconv", "floor"):
+            r = res["results"][T][op]
+            assert "error" not in r, r
+            assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_fwd_bwd_mb"] > 0
+        assert res["ratios"][T]["talk/floor"] > 0
+    assert "talk/lightconv" in md.read_text() and "Commit" in md.read_text()
+    assert png.stat().st_size > 1000
+    assert res["command"].startswith("tdx bench talk-op")
+
+
+def test_targets_are_evaluated_from_numbers():
+    row = lambda t, f: {"talk": {"fwd_ms": t, "fwd_bwd_ms": t, "peak_fwd_bwd_mb": t},  # noqa: E731
+                        "lightconv": {"fwd_bwd_ms": 2 * t}, "dynamicconv": {"fwd_bwd_ms": 2 * t},
+                        "attention": {"fwd_bwd_ms": f}, "floor": {"fwd_ms": t / 2}}
+    results = {512: row(10, 5), 1024: row(20, 40), 8192: row(170, 3000)}
+    assert ratios(results[512])["talk/floor"] == 2.0
+    c = checks(results)
+    assert c["faster_than_lightconv_and_dynamicconv_everywhere"]
+    assert c["faster_than_attention_from_T1024"]
+    assert c["time_ratio_8192_over_512"] == 17.0 and c["linear_time_(<=20)"]
+    assert c["within_3x_of_floor"]
+
+
+def test_bench_bad_arguments(tmp_path):
+    for args in (["--ops", "talk,magic"], ["--channels", "10", "--heads", "3"],
+                 ["--lengths", "1,x"]):
+        proc = tdx("bench", "talk-op", *args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
