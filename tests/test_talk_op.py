@@ -144,3 +144,17 @@ def test_clear_errors():
         conv(torch.randn(4, 2, 6))
     with pytest.raises(ValueError, match="causal"):
         TaLKConv(8, 2, 1, 1)(torch.randn(1, 1, 8), incremental_state={})
+
+
+def test_automatic_fallback_when_compiling_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(ops, "_COMPILED", None)
+    monkeypatch.setattr(ops, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(ops.torch, "compile", broken)
+    x = torch.randn(6, 2, 4)
+    left, right = random_edges(6, 2, 2, 3, 3, torch.float32)
+    out = ops.talk_window_sum_fast(x, left, right, 7)
+    torch.testing.assert_close(out, talk_window_sum(x, left, right, 7))
+    assert ops._COMPILE_FAILED and not ops.compiled_enabled()
