@@ -94,10 +94,9 @@ def parse_fairseq(argv: list[str]) -> Any:
     An argument fairseq rejects becomes a UsageError naming it (argparse would print its
     whole usage and exit).
     """
+    import tdx.tdx_fairseq  # noqa: F401, I001 - first: registers tdx models, quiets logging
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    import tdx.tdx_fairseq  # noqa: F401  - registers tdx models/tasks + checkpoint allow-list
 
     parser = options.get_training_parser()
     captured = io.StringIO()

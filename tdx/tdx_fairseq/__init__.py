@@ -4,9 +4,19 @@ and criterion with fairseq, and allow-lists fairseq's checkpoint classes for tor
 The directory name is globally unique because fairseq imports a user dir by its basename.
 """
 
-from tdx.checkpoints import allow_fairseq_checkpoints
+import logging
+
+_root = logging.getLogger()
+_level, _handlers = _root.level, list(_root.handlers)
+import fairseq  # noqa: E402,F401  - on import it sets the root logger to DEBUG; undo that
+
+_root.setLevel(_level)
+_root.handlers[:] = _handlers
+
+from tdx.checkpoints import allow_fairseq_checkpoints  # noqa: E402
 
 allow_fairseq_checkpoints()
 
 import tdx.attention.copy_task  # noqa: E402,F401
 import tdx.attention.models  # noqa: E402,F401
+import tdx.talk.models  # noqa: E402,F401
