@@ -17,8 +17,9 @@ import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
 from fairseq.models.lstm import base_architecture as lstm_base_architecture
-from tdx.attention.core import SCORES, Attention, Normalizer
 from torch import Tensor, nn
+
+from tdx.attention.core import SCORES, Attention, Normalizer
 
 
 class DecoderAttention(nn.Module):

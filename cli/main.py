@@ -196,9 +196,8 @@ def bench_talk_op(
     """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
     import json
 
-    from tdx.talk import bench
-
     from tdx.config import UsageError
+    from tdx.talk import bench
 
     try:
         Ts = [int(t) for t in lengths.split(",") if t]

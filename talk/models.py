@@ -13,6 +13,7 @@ from fairseq import utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.lightconv import LightConvModel
 from fairseq.models.lightconv import base_architecture as lightconv_base
+
 from tdx.talk.module import TaLKConv
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
-from tdx.talk.ops import talk_window_sum, talk_window_sum_fast, window_edges
 from torch import Tensor, nn
+
+from tdx.talk.ops import talk_window_sum, talk_window_sum_fast, window_edges
 
 
 @with_incremental_state

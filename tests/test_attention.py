@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from tdx.attention.core import (
     AdditiveScore,
     Attention,

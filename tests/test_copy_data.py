@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tdx.attention.copy_task import CopyConfig, CopyTask, random_sentences, wikitext_sentences
 
 DATA = Path(os.environ["TDX_DATA_DIR"])

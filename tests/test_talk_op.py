@@ -3,6 +3,7 @@ errors (Lioutas & Guo 2020, Sec. 3)."""
 
 import pytest
 import torch
+
 from tdx.talk import ops
 from tdx.talk.module import TaLKConv
 from tdx.talk.ops import talk_window_sum, window_edges
