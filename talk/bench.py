@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,17 +68,6 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
-def limit_memory(fraction: float) -> None:
-    """Cap this worker's address space at `fraction` of RAM, so an operator that needs more
-    (fairseq's unfold path at T=8192 wants > 20 GB for forward+backward) fails fast with an
-    allocation error instead of swapping the machine to a halt."""
-    import resource
-
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cap = int(total * fraction)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-
 def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float) -> float:
     times = []
     start = time.perf_counter()
@@ -96,7 +86,6 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
     import torch
 
     torch.set_num_threads(int(os.environ.get("TDX_BENCH_THREADS", os.cpu_count() or 1)))
-    limit_memory(float(os.environ.get("TDX_BENCH_MEM_FRACTION", "0.6")))
     fn, inputs = _build(op, T, B, C, H, K)
 
     def fwd() -> None:
@@ -115,22 +104,44 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
             "peak_fwd_bwd_mb": round(peak_memory_mb(fwd_bwd), 3)}
 
 
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
             budget_s: float, timeout_s: float) -> dict[str, Any]:
+    """One operator at one length in a worker process, watched from here: a worker whose
+    resident memory passes TDX_BENCH_MEM_FRACTION of RAM (default 0.6) is stopped and
+    reported as out of memory (fairseq's unfold path at T=8192 wants more than this
+    machine has), so the benchmark never swaps the machine to a halt."""
     cmd = [sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C), str(H), str(K),
            str(repeats), str(budget_s)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout_s:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    fraction = float(os.environ.get("TDX_BENCH_MEM_FRACTION", "0.6"))
+    cap = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        start, peak = time.time(), 0
+        while proc.poll() is None:
+            peak = max(peak, _rss_bytes(proc.pid))
+            if peak > cap or time.time() - start > timeout_s:
+                proc.kill()
+                proc.wait()
+                if peak > cap:
+                    return {"error": f"out of memory (> {cap / 2**30:.0f} GB resident)"}
+                return {"error": f"timeout after {timeout_s:.0f} s"}
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        err = proc.stderr
-        if "alloc" in err.lower() or "memory" in err.lower() or proc.returncode == -9:
-            return {"error": "out of memory (worker capped at "
-                             f"{float(os.environ.get('TDX_BENCH_MEM_FRACTION', '0.6')):.0%} "
-                             "of RAM)"}
-        tail = (err.strip().splitlines() or ["?"])[-1]
+        tail = (stderr.strip().splitlines() or ["?"])[-1]
         return {"error": f"exit {proc.returncode}: {tail[:200]}"}
     return json.loads(lines[-1])
 
@@ -211,7 +222,7 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         "# TaLK operator benchmark", "",
         f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
         f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms; "
-        "memory is the peak resident memory above the inputs in MB.", "",
+        "memory is the peak tensor memory above the inputs in MB (torch profiler).", "",
         "| T | " + " | ".join(f"{o} fwd | {o} fwd+bwd | {o} MB" for o in ops) + " |",
         "|---|" + "---|---|---|" * len(ops)]
     for T, row in report["results"].items():
