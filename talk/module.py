@@ -20,7 +20,7 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from tdx.talk.ops import talk_window_sum, talk_window_sum_fast, window_edges
+from tdx.talk.ops import _interp, talk_window_sum, talk_window_sum_fast, window_edges
 
 
 @with_incremental_state
@@ -94,11 +94,7 @@ class TaLKConv(nn.Module):
             first = i + 2 - table.size(0)  # absolute table-space index of row 0
             tab = table.view(table.size(0), B, H, C // H)
             pos = left - first  # S(left - 1) sits at table-space position `left`
-            k = pos.detach().floor().clamp(0, tab.size(0) - 1)
-            frac = (pos - k).unsqueeze(-1)
-            k0 = k.long().unsqueeze(-1).expand(1, B, H, C // H)
-            k1 = (k0 + 1).clamp(max=tab.size(0) - 1)
-            s_left = torch.lerp(tab.gather(0, k0), tab.gather(0, k1), frac)
+            s_left = _interp(tab, pos)
             outs.append((tab[-1:] - s_left).view(1, B, C))
         self.set_incremental_state(incremental_state, "talk", {
             "table": table, "step": torch.tensor(step + T)})

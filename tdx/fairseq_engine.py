@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tdx.config import UsageError
-from tdx.progress import TrainProgress
+from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag
 from tdx.seqeval import evaluate_generation
 
@@ -84,8 +84,8 @@ def _fairseq_hydra() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        version.setbase(str(base) if base is not None else "1.1")
         Singleton.set_state(state)
+        version.VersionBase.instance().version_base = base  # as it was, even if unset
 
 
 def parse_fairseq(argv: list[str]) -> Any:
@@ -199,7 +199,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
                 bar.update(step, float(sample["ntokens"]), "tok", loss=loss)
                 if step % t.valid_every == 0 or step >= t.max_update:
                     scores = validate(step)
-                    bar.message(f"[valid] step {step} " + _short(scores))
+                    bar.message(f"[valid] step {step} " + fmt(scores))
                 if step % t.save_every == 0 or step >= t.max_update:
                     save()
                 if step >= t.max_update or stop:
@@ -254,7 +254,3 @@ def valid_loss(trainer: Any, task: Any) -> float:
         total += float(out.get("loss", 0.0)) * float(out.get("sample_size", 1))
         n += float(out.get("sample_size", 1))
     return round(total / max(n, 1.0), 4)
-
-
-def _short(scores: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float))
