@@ -16,7 +16,7 @@ FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "torch==2.13.0" numpy cython setuptools wheel
 	$(BIN)/pip install -q $(FAIRSEQ_DEPS)

@@ -189,6 +189,8 @@ def bench_talk_op(
     repeats: Annotated[int, typer.Option(help="timed repeats (median)")] = 5,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
         "talk,lightconv,dynamicconv,attention,floor",
+    malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
+                                        "(default); system: glibc defaults")] = "reuse",
     json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
     md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
     plot: Annotated[Path | None, typer.Option(help="time/memory vs length, log-log")] = None,
@@ -210,7 +212,7 @@ def bench_talk_op(
         raise UsageError(f"Unknown operator(s) {unknown}; choose from {', '.join(bench.OPS)}."
                          if unknown else "--lengths must hold positive integers.")
     res = bench.run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen,
-                              progress=lambda m: err.print(m, highlight=False))
+                              malloc=malloc, progress=lambda m: err.print(m, highlight=False))
     table = Table("T", *[f"{o} fwd/fwd+bwd ms (MB)" for o in chosen], title="TaLK operator")
     for T, row in res["results"].items():
         table.add_row(T, *[r.get("error", "?")[:24] if "error" in r else

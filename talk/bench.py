@@ -12,6 +12,14 @@ Operators, x of shape (T, B, C), H heads, kernel 2K+1 where one is needed:
 - dynamicconv  fairseq DynamicConv1dTBC, CPU path (same rule)
 - attention    self-attention core: F.scaled_dot_product_attention on (B, H, T, C/H)
 - floor        memory-bound floor: torch.cumsum over x plus one elementwise pass
+
+Allocator (`--malloc`, the same for every operator): glibc serves blocks above 32 MB with
+fresh mmaps, so every call that makes a large tensor (T >= 2048 here) pays first-touch page
+faults (about 0.2 ms per MB on this machine) while smaller tensors reuse freed heap memory.
+That step at 32 MB is the allocator's, not the operator's. `reuse` (default) runs the
+workers with MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_ high, so freed memory is reused at
+every length, as a caching allocator (jemalloc, tcmalloc) would; `system` keeps glibc's
+defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
+MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
+          "system": {}}
 
 
 def peak_memory_mb(fn: Callable[[], Any]) -> float:
@@ -115,7 +125,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
-            budget_s: float, timeout_s: float) -> dict[str, Any]:
+            budget_s: float, timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
     """One operator at one length in a worker process, watched from here: a worker whose
     resident memory passes TDX_BENCH_MEM_FRACTION of RAM (default 0.6) is stopped and
     reported as out of memory (fairseq's unfold path at T=8192 wants more than this
@@ -125,7 +135,9 @@ def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
     fraction = float(os.environ.get("TDX_BENCH_MEM_FRACTION", "0.6"))
     cap = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True,
+                                env={**env, **MALLOC[malloc]})
         start, peak = time.time(), 0
         while proc.poll() is None:
             peak = max(peak, _rss_bytes(proc.pid))
@@ -189,30 +201,38 @@ def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
                   repeats: int = 5, budget_s: float = 20.0, timeout_s: float = 900.0,
-                  ops: tuple[str, ...] = OPS,
+                  ops: tuple[str, ...] = OPS, malloc: str = "reuse",
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
+    from tdx.config import UsageError
     from tdx.run import git_commit, machine_info
 
     if channels % heads:
-        from tdx.config import UsageError
         raise UsageError(f"--channels ({channels}) must be divisible by --heads ({heads}).")
+    if malloc not in MALLOC:
+        raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
     results: dict[int, dict[str, dict[str, Any]]] = {}
     for T in lengths:
         results[T] = {}
         for op in ops:
             progress(f"T={T:>6} {op:<12} ...")
             results[T][op] = run_one(op, T, batch, channels, heads, kmax, repeats, budget_s,
-                                     timeout_s)
+                                     timeout_s, malloc)
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
                    "kmax": kmax, "kernel_size": 2 * kmax + 1, "repeats": repeats,
-                   "dtype": "float32"},
+                   "dtype": "float32", "malloc": malloc, "malloc_env": MALLOC[malloc],
+                   "talk_kernel": _talk_kernel_built()},
         "machine": machine_info(), "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "results": {str(T): r for T, r in results.items()},
         "ratios": {str(T): ratios(r) for T, r in results.items()},
         "checks": checks(results),
     }
+
+
+def _talk_kernel_built() -> bool:
+    from tdx.talk import ops
+    return ops.kernel_available()
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
@@ -222,7 +242,10 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         "# TaLK operator benchmark", "",
         f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
         f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms; "
-        "memory is the peak tensor memory above the inputs in MB (torch profiler).", "",
+        "memory is the peak tensor memory above the inputs in MB (torch profiler). "
+        f"TaLK path: {'C++ kernel' if cfg.get('talk_kernel') else 'tensor ops'}; "
+        f"allocator: {cfg.get('malloc', 'system')} {cfg.get('malloc_env') or '(glibc defaults)'}.",
+        "",
         "| T | " + " | ".join(f"{o} fwd | {o} fwd+bwd | {o} MB" for o in ops) + " |",
         "|---|" + "---|---|---|" * len(ops)]
     for T, row in report["results"].items():

@@ -20,7 +20,7 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from tdx.talk.ops import _interp, talk_window_sum, talk_window_sum_fast, window_edges
+from tdx.talk.ops import _interp, talk
 
 
 @with_incremental_state
@@ -47,16 +47,15 @@ class TaLKConv(nn.Module):
                 f"right_max={self.right_max}, causal={self.causal}, "
                 f"offset_dropout={self.offset_dropout}")
 
-    def relative_offsets(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(T, B, C) -> a_left, a_right in [0, 1], each (T, B, H) (a_right None if causal)."""
-        a = torch.sigmoid(self.offsets(x).float())
+    def relative_offsets(self, x: Tensor) -> Tensor:
+        """(T, B, C) -> a in [0, 1]: (T, B, 2H), left offsets of the heads then right ones,
+        or (T, B, H) for a causal layer (Eq. 3-4 before scaling by l_max, r_max)."""
+        logits = self.offsets(x)  # half/bfloat16 -> float32
+        a = torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float())
         if self.training and self.offset_dropout > 0:
             keep = torch.rand_like(a) >= self.offset_dropout
             a = a * keep  # a dropped offset becomes 0, not rescaled
-        if self.causal:
-            return a, None
-        a_left, a_right = a.chunk(2, dim=-1)
-        return a_left, a_right
+        return a
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,
                 incremental_state: dict | None = None) -> Tensor:
@@ -68,10 +67,8 @@ class TaLKConv(nn.Module):
             x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)  # (T, B, C)
         if incremental_state is not None:
             return self._step(x, incremental_state)
-        a_left, a_right = self.relative_offsets(x)
-        left, right = window_edges(a_left, a_right, self.left_max, self.right_max)
-        op = talk_window_sum_fast if self.fast and not x.is_cuda else talk_window_sum
-        return op(x, left, right, self.K)
+        a = self.relative_offsets(x)
+        return talk(x, a, self.num_heads, self.left_max, self.right_max, fast=self.fast)
 
     # -- incremental (causal) decoding -------------------------------------------------
     def _step(self, x: Tensor, incremental_state: dict) -> Tensor:
@@ -88,7 +85,7 @@ class TaLKConv(nn.Module):
             table = torch.cat([table, table[-1:] + x[t : t + 1].float() / self.K], 0)
             table = table[-(self.left_max + 2):]  # rows for positions step-l_max-1 .. step
             i = step + t
-            a_left, _ = self.relative_offsets(x[t : t + 1])
+            a_left = self.relative_offsets(x[t : t + 1])  # (1, B, H)
             left = (i - a_left * self.left_max).clamp(min=0)  # (1, B, H)
             # table row r holds S at absolute position (i - len(table) + 1 + r) - 1
             first = i + 2 - table.size(0)  # absolute table-space index of row 0

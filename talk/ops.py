@@ -10,8 +10,14 @@ floor(p) + 1, which makes o differentiable with respect to the window edges (Sec
 K = l_max + r_max + 1 is the layer's largest window, not the actual one.
 
 Layout: x (T, B, C) time-first as in fairseq; edges (T, B, H) with C = H * D, every channel
-of a head sharing the head's edges. Work is O(T * B * C): one cumulative sum and one fused
-gather + interpolation. Prefix sums are accumulated in float32 for half/bfloat16 inputs.
+of a head sharing the head's edges. Work is O(T * B * C).
+
+Two implementations, equal to float tolerance:
+- `talk` (used everywhere): on CPU the C++ kernel in talk/csrc, one streaming pass over time
+  forward and two backward, no stored table;
+- `window_edges` + `talk_window_sum`: plain tensor ops (a cumulative sum, two gathers and a
+  lerp), the automatic fallback for CUDA tensors or when the kernel is not built. Prefix sums
+  are accumulated in float32 for half/bfloat16 inputs.
 """
 
 from __future__ import annotations
@@ -69,27 +75,53 @@ def window_edges(offsets_left: Tensor, offsets_right: Tensor | None, l_max: int,
     return left, right
 
 
-# ---------------------------------------------------------------------------- compiled path
+# ------------------------------------------------------------------------------ C++ kernel
 
-_COMPILED = None
-_COMPILE_FAILED = False
-
-
-def compiled_enabled() -> bool:
-    """The fused torch.compile kernel is used on CPU unless TDX_TALK_COMPILE=0."""
-    return os.environ.get("TDX_TALK_COMPILE", "1") != "0" and not _COMPILE_FAILED
+try:  # built by `make install` (setup.py); without it, the tensor ops above are used
+    from tdx.talk import _C
+except ImportError:  # pragma: no cover - depends on the install
+    _C = None
 
 
-def talk_window_sum_fast(x: Tensor, left: Tensor, right: Tensor, K: int) -> Tensor:
-    """talk_window_sum through torch.compile (one fused loop for the gathers and the
-    interpolation); falls back to the eager ops if compiling fails, for good."""
-    global _COMPILED, _COMPILE_FAILED
-    if not compiled_enabled():
-        return talk_window_sum(x, left, right, K)
-    try:
-        if _COMPILED is None:
-            _COMPILED = torch.compile(talk_window_sum, dynamic=True)
-        return _COMPILED(x, left, right, K)
-    except Exception:  # noqa: BLE001 - any compiler problem: use the eager path
-        _COMPILE_FAILED = True
-        return talk_window_sum(x, left, right, K)
+def kernel_available() -> bool:
+    """The CPU kernel (talk/csrc) is used unless it is not built or TDX_TALK_KERNEL=0."""
+    return _C is not None and os.environ.get("TDX_TALK_KERNEL", "1") != "0"
+
+
+class _TaLKFunction(torch.autograd.Function):
+    """Window average with the fused CPU kernel: forward and backward each stream over time
+    per (batch, head) column and never store the summed-area table."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, heads: int, l_max: int, r_max: int) -> Tensor:
+        ctx.save_for_backward(x, a)
+        ctx.args = (heads, l_max, r_max)
+        return _C.forward(x, a, heads, l_max, r_max)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, a = ctx.saved_tensors
+        gx, ga = _C.backward(grad.contiguous(), x, a, *ctx.args)
+        return gx, ga, None, None, None
+
+
+def talk(x: Tensor, a: Tensor, heads: int, l_max: int, r_max: int, fast: bool = True
+         ) -> Tensor:
+    """TaLK window average from relative offsets (Eq. 3-6): x (T, B, C) and a (T, B, 2H)
+    in [0, 1], left offsets of the H heads then right ones, or a (T, B, H) for a causal layer
+    (left only, r_max ignored) -> (T, B, C).
+
+    On CPU with float32/float64 this is the C++ kernel; otherwise (CUDA, `fast=False`, the
+    kernel not built, TDX_TALK_KERNEL=0) the tensor ops `window_edges` + `talk_window_sum`.
+    half/bfloat16 inputs are computed in float32 and cast back."""
+    causal = a.size(-1) == heads
+    if causal:
+        r_max = 0
+    if not (fast and kernel_available() and x.device.type == "cpu"):
+        a_left, a_right = (a, None) if causal else a.split(heads, dim=-1)
+        left, right = window_edges(a_left, a_right, l_max, r_max)
+        return talk_window_sum(x, left, right, l_max + r_max + 1)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = _TaLKFunction.apply(x.to(work).contiguous(), a.to(work).contiguous(), heads, l_max,
+                              r_max)
+    return out.to(x.dtype)

@@ -25,6 +25,7 @@ def test_bench_talk_op_tiny(tmp_path):
     assert "talk/lightconv" in md.read_text() and "Commit" in md.read_text()
     assert png.stat().st_size > 1000
     assert res["command"].startswith("tdx bench talk-op")
+    assert res["config"]["malloc"] == "reuse" and res["config"]["talk_kernel"]
 
 
 def test_targets_are_evaluated_from_numbers():
@@ -45,7 +46,7 @@ def test_targets_are_evaluated_from_numbers():
 
 def test_bench_bad_arguments(tmp_path):
     for args in (["--ops", "talk,magic"], ["--channels", "10", "--heads", "3"],
-                 ["--lengths", "1,x"]):
+                 ["--lengths", "1,x"], ["--malloc", "magic"]):
         proc = tdx("bench", "talk-op", *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr

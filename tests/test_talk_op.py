@@ -16,17 +16,33 @@ def random_edges(T, B, H, l_max, r_max, dtype, causal=False, gen=None):
     return window_edges(a_l, a_r, l_max, r_max)
 
 
+needs_kernel = pytest.mark.skipif(ops._C is None, reason="C++ kernel not built")
+
+
+def test_kernel_is_built():
+    """`make install` builds talk/csrc; a broken build must fail CI, not silently fall back."""
+    assert ops._C is not None and ops.kernel_available()
+
+
 @pytest.mark.parametrize("l_max", [1, 3, 15, 63])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_fast_equals_reference(l_max, dtype, tol):
+@pytest.mark.parametrize("impl", ["kernel", "tensor_ops"])
+def test_fast_equals_reference(l_max, dtype, tol, impl):
+    if impl == "kernel" and ops._C is None:
+        pytest.skip("C++ kernel not built")
     g = torch.Generator().manual_seed(l_max)
-    for T, B, C, H in [(7, 2, 8, 2), (20, 1, 6, 3), (33, 3, 4, 4)]:
-        r_max = max(l_max // 2, 1)
+    for T, B, C, H, causal in [(7, 2, 8, 2, False), (20, 1, 6, 3, True), (33, 3, 4, 4, False),
+                               (1, 2, 4, 2, False), (90, 1, 4, 1, True)]:
+        r_max = 0 if causal else max(l_max // 2, 1)
         x = torch.randn(T, B, C, dtype=dtype, generator=g)
-        left, right = random_edges(T, B, H, l_max, r_max, dtype, gen=g)
+        a = torch.rand(T, B, H if causal else 2 * H, dtype=dtype, generator=g)
+        a_l, a_r = (a, None) if causal else a.split(H, dim=-1)
+        left, right = window_edges(a_l, a_r, l_max, r_max)
         K = l_max + r_max + 1
-        torch.testing.assert_close(talk_window_sum(x, left, right, K),
-                                   talk_reference(x, left, right, K), atol=tol, rtol=tol)
+        ref = talk_reference(x, left, right, K)
+        out = (ops.talk(x, a, H, l_max, r_max) if impl == "kernel"
+               else talk_window_sum(x, left, right, K))
+        torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
 
 
 def test_windows_clamped_at_both_ends_and_integer_edges():
@@ -43,18 +59,59 @@ def test_windows_clamped_at_both_ends_and_integer_edges():
     torch.testing.assert_close(talk_window_sum(x, l0, r0, 7), x / 7)
 
 
-def test_gradcheck_input_and_offsets():
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("fast", [True, False])
+def test_gradcheck_input_and_offsets(fast, causal):
     g = torch.Generator().manual_seed(0)
     T, B, C, H = 9, 2, 4, 2
     x = torch.randn(T, B, C, dtype=torch.float64, generator=g, requires_grad=True)
-    logits = torch.randn(T, B, 2 * H, dtype=torch.float64, generator=g, requires_grad=True)
+    A = H if causal else 2 * H
+    logits = torch.randn(T, B, A, dtype=torch.float64, generator=g, requires_grad=True)
 
     def f(x, logits):
-        a = torch.sigmoid(logits)
-        left, right = window_edges(a[..., :H], a[..., H:], 3, 2)
-        return talk_window_sum(x, left, right, 6)
+        return ops.talk(x, torch.sigmoid(logits), H, 3, 2, fast=fast)
 
     assert torch.autograd.gradcheck(f, (x, logits), eps=1e-6, atol=1e-7)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_equals_tensor_ops_with_gradients(causal):
+    """The kernel and its fallback agree in output and in every gradient, including windows
+    clamped at both ends (large maxima against a short sequence)."""
+    torch.manual_seed(0)
+    for T, l_max, r_max in [(64, 7, 7), (5, 15, 15), (200, 63, 3)]:
+        H = 4
+        x = torch.randn(T, 3, 16, requires_grad=True)
+        a = torch.rand(T, 3, H if causal else 2 * H, requires_grad=True)
+        outs, grads = [], []
+        for fast in (True, False):
+            out = ops.talk(x, a, H, l_max, r_max, fast=fast)
+            outs.append(out)
+            grads.append(torch.autograd.grad(out.square().sum(), (x, a)))
+        torch.testing.assert_close(outs[0], outs[1])
+        for g_kernel, g_ops in zip(*grads, strict=True):
+            torch.testing.assert_close(g_kernel, g_ops, atol=1e-5, rtol=1e-4)
+
+
+def test_fallback_when_kernel_is_off_or_missing(monkeypatch):
+    x = torch.randn(6, 2, 4)
+    a = torch.rand(6, 2, 4)
+    left, right = window_edges(a[..., :2], a[..., 2:], 3, 3)
+    ref = talk_window_sum(x, left, right, 7)
+
+    class Broken:
+        def __getattr__(self, name):
+            raise AssertionError("the kernel must not be called")
+
+    monkeypatch.setattr(ops, "_C", Broken())
+    monkeypatch.setenv("TDX_TALK_KERNEL", "0")
+    assert not ops.kernel_available()
+    torch.testing.assert_close(ops.talk(x, a, 2, 3, 3), ref)
+    monkeypatch.delenv("TDX_TALK_KERNEL")
+    monkeypatch.setattr(ops, "_C", None)  # not built
+    assert not ops.kernel_available()
+    torch.testing.assert_close(ops.talk(x, a, 2, 3, 3), ref)
 
 
 def test_padding_never_contributes():
@@ -95,44 +152,26 @@ def test_causal_output_ignores_the_future():
     torch.testing.assert_close(conv(x)[:4], conv(y)[:4])
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs(dtype):
+def test_half_inputs(dtype, fast):
     torch.manual_seed(0)
-    conv = TaLKConv(16, 4, 3, 3, fast=False)
+    conv = TaLKConv(16, 4, 3, 3, fast=fast)
     x = torch.randn(12, 2, 16)
     ref = conv(x)
     out = conv.to(dtype)(x.to(dtype))
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
     out.float().sum().backward()
-
-
-def test_compiled_path_equals_eager():
-    torch.manual_seed(0)
-    x = torch.randn(64, 2, 16, requires_grad=True)
-    left, right = random_edges(64, 2, 4, 7, 7, torch.float32)
-    eager = talk_window_sum(x, left, right, 15)
-    fast = ops.talk_window_sum_fast(x, left, right, 15)
-    torch.testing.assert_close(fast, eager)
-    g1, = torch.autograd.grad(eager.square().sum(), x)
-    g2, = torch.autograd.grad(fast.square().sum(), x)
-    torch.testing.assert_close(g1, g2)
-
-
-def test_fallback_when_compile_is_off(monkeypatch):
-    monkeypatch.setenv("TDX_TALK_COMPILE", "0")
-    assert not ops.compiled_enabled()
-    x = torch.randn(5, 1, 4)
-    left, right = random_edges(5, 1, 2, 2, 2, torch.float32)
-    torch.testing.assert_close(ops.talk_window_sum_fast(x, left, right, 5),
-                               talk_window_sum(x, left, right, 5))
+    assert conv.offsets.weight.grad is not None
 
 
 def test_offset_dropout_only_shrinks_windows():
     torch.manual_seed(0)
     conv = TaLKConv(8, 2, 5, 5, offset_dropout=0.5).train()
-    a_l, a_r = conv.relative_offsets(torch.randn(50, 2, 8))
-    assert (a_l == 0).float().mean() > 0.3 and a_l.max() < 1 and a_r.max() < 1
+    a = conv.relative_offsets(torch.randn(50, 2, 8))  # (T, B, 2H)
+    assert a.shape == (50, 2, 4)
+    assert (a == 0).float().mean() > 0.3 and a.max() < 1
 
 
 def test_clear_errors():
@@ -145,17 +184,8 @@ def test_clear_errors():
         conv(torch.randn(4, 2, 6))
     with pytest.raises(ValueError, match="causal"):
         TaLKConv(8, 2, 1, 1)(torch.randn(1, 1, 8), incremental_state={})
-
-
-def test_automatic_fallback_when_compiling_fails(monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(ops, "_COMPILED", None)
-    monkeypatch.setattr(ops, "_COMPILE_FAILED", False)
-    monkeypatch.setattr(ops.torch, "compile", broken)
-    x = torch.randn(6, 2, 4)
-    left, right = random_edges(6, 2, 2, 3, 3, torch.float32)
-    out = ops.talk_window_sum_fast(x, left, right, 7)
-    torch.testing.assert_close(out, talk_window_sum(x, left, right, 7))
-    assert ops._COMPILE_FAILED and not ops.compiled_enabled()
+    if ops._C is not None:  # the kernel checks its own inputs too: an error, not a crash
+        with pytest.raises(RuntimeError, match="divisible"):
+            ops._C.forward(torch.randn(4, 1, 6), torch.rand(4, 1, 8), 4, 1, 1)
+        with pytest.raises(RuntimeError, match="dtype"):
+            ops._C.forward(torch.randn(4, 1, 8), torch.rand(4, 1, 8).double(), 4, 1, 1)
