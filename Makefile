@@ -45,6 +45,18 @@ table-copy: install
 	$(BIN)/tdx report $$(ls -d runs/copy-study/*/ | tail -n 1) --table copy \
 	  --out results/copy.md --plot results/copy_curves.png
 
+# TaLK: 4 MT models (Multi30k) and 2 character LMs (Tiny Shakespeare), one budget each.
+TALK_MT_MODELS := talkconv_multi30k,transformer_multi30k,lightconv_multi30k,dynamicconv_multi30k
+TALK_LM_MODELS := talkconv_lm_char,transformer_lm_char
+table-talk: install
+	$(BIN)/tdx train talk-mt -m model=$(TALK_MT_MODELS) || true
+	$(BIN)/tdx report $$(ls -d runs/talk-mt/*/ | tail -n 1) --table talk-mt \
+	  --out results/talk_mt.md --plot results/talk_mt_curves.png --metric valid.bleu
+	$(BIN)/tdx train talk-lm -m model=$(TALK_LM_MODELS) || true
+	$(BIN)/tdx report $$(ls -d runs/talk-lm/*/ | tail -n 1) --table talk-lm \
+	  --out results/talk_lm.md --plot results/talk_lm_curves.png --metric valid.loss_nats
+	cat results/talk_mt.md results/talk_lm.md > results/talk.md
+
 bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
 

@@ -150,6 +150,8 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
                overrides: Overrides = None) -> None:
     """Which data files each experiment (and each data=option) needs, which are present
     under the data dir, and where to put the missing ones."""
+    from omegaconf import OmegaConf
+
     from tdx.config import check, data_dir, data_options, experiments, required_files
 
     if experiment:
@@ -163,12 +165,16 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
     missing = 0
     for name, cfg in cfgs.items():
         files = required_files(cfg)
+        # datasets that are not shipped (IWSLT, WikiText-103): only needed if you use them
+        optional = bool(OmegaConf.select(cfg, "data.meta.user_supplied", default=False))
         if not files:
             table.add_row(name, "(none: data is generated)", "[green]ok[/green]")
         for f in files:
             ok = (root / f).exists()
-            missing += not ok
-            table.add_row(name, f, "[green]present[/green]" if ok else "[red]MISSING[/red]")
+            missing += not ok and not optional
+            table.add_row(name, f, "[green]present[/green]" if ok else
+                          "[yellow]not supplied (optional)[/yellow]" if optional else
+                          "[red]MISSING[/red]")
     out.print(f"data dir: {root.resolve()} (TDX_DATA_DIR="
               f"{os.environ.get('TDX_DATA_DIR', '<not set>')})")
     out.print(table)

@@ -23,3 +23,22 @@ def fairseq_safe_globals() -> list[object]:
 def allow_fairseq_checkpoints() -> None:
     """Add fairseq's checkpoint classes to torch's weights_only allow-list (idempotent)."""
     torch.serialization.add_safe_globals(fairseq_safe_globals())
+
+
+def average_checkpoints(paths: list[str]) -> dict:
+    """The element-wise mean of the model parameters of several fairseq checkpoints (the
+    checkpoint averaging of Vaswani et al. 2017, Sec. 6.1); the rest (config, optimiser
+    state) is the last checkpoint's."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    allow_fairseq_checkpoints()
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = torch.load(path, map_location="cpu")
+        for k, v in state["model"].items():
+            v = v.double() if v.is_floating_point() else v
+            total[k] = total[k] + v if k in total and v.is_floating_point() else v
+    ref = state["model"]
+    state["model"] = {k: (v / len(paths)).to(ref[k].dtype) if v.is_floating_point() else v
+                      for k, v in total.items()}
+    return state

@@ -19,6 +19,8 @@ import tdx.conf
 
 CONF_DIR = Path(tdx.conf.__file__).resolve().parent
 ENGINES = ("fairseq",)
+# ${abspath:rel} in configs: paths that end up inside checkpoints must not depend on cwd
+OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).resolve()), replace=True)
 
 
 class UsageError(Exception):

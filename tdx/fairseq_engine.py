@@ -134,8 +134,10 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     utils.import_user_module(fcfg.common)
     seed_everything(cfg.seed)
     task = tasks.setup_task(fcfg.task)
-    for split in ("valid", "test"):
-        task.load_dataset(split)
+    t = cfg.trainer
+    for split in ("valid", t.test_split):
+        if split:
+            task.load_dataset(split)
     model = task.build_model(fcfg.model)
     criterion = task.build_criterion(fcfg.criterion)
     n_params = sum(p.numel() for p in model.parameters())
@@ -152,7 +154,6 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     if "train_iterator" in extra:
         epoch_itr.load_state_dict(extra["train_iterator"])
     best: dict[str, Any] = extra.get("tdx_best", {})
-    t = cfg.trainer
     key, mode = t.best_metric, t.best_mode
     run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
     log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
@@ -161,13 +162,22 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         state = {"train_iterator": epoch_itr.state_dict(), "tdx_best": best}
         trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
         trainer.save_checkpoint(str(path), state)  # fairseq writes .tmp then renames
+        if path == last and t.average_last:  # numbered copies for averaging: keep N
+            trainer.save_checkpoint(str(run.ckpt_dir / f"checkpoint{step}.pt"), state)
+            for old in numbered_checkpoints(run.ckpt_dir)[:-t.average_last]:
+                old.unlink()
 
     def validate(step: int) -> dict[str, Any]:
-        scores = evaluate_generation(task, [trainer.model], "valid", beam=1,
-                                     max_sentences=t.valid_max_sentences,
-                                     batch_size=t.eval_batch_size)
-        scores["loss"] = valid_loss(trainer, task)
-        scores.pop("sent_per_s")
+        scores: dict[str, Any] = {}
+        if t.valid_generate:
+            scores = evaluate_generation(task, [trainer.model], "valid", beam=1,
+                                         max_sentences=t.valid_max_sentences,
+                                         batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
+                                         max_len_b=t.max_len_b)
+            scores.pop("sent_per_s")
+            scores.pop("bleu_signature")
+        scores["loss"] = valid_loss(trainer, task)  # base 2, per target token
+        scores["loss_nats"] = round(scores["loss"] * math.log(2), 4)
         run.log(step, "valid", scores)
         better = not best or (scores[key] > best[key] if mode == "max" else
                               scores[key] < best[key])
@@ -205,6 +215,11 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
                 if step >= t.max_update or stop:
                     break
             if not itr.has_next() and step < t.max_update:
+                if t.max_epoch and epoch_itr.epoch >= t.max_epoch:
+                    if step % t.valid_every:  # the last epoch's model is validated and saved
+                        validate(step)
+                    save()
+                    break
                 epoch_itr = trainer.get_train_iterator(epoch_itr.next_epoch_idx)
     except (Diverged, FloatingPointError) as e:
         status = "diverged"
@@ -227,19 +242,40 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     return status
 
 
+def numbered_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """checkpoint{update}.pt files, oldest first."""
+    found = [(int(p.stem[10:]), p) for p in ckpt_dir.glob("checkpoint*.pt")
+             if p.stem[10:].isdigit()]
+    return [p for _, p in sorted(found)]
+
+
 def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any]:
-    """Score the best checkpoint on the test split with greedy and beam search."""
-    best = run.ckpt_dir / "checkpoint_best.pt"
-    if best.exists():
-        trainer.load_checkpoint(str(best), reset_optimizer=True, reset_lr_scheduler=True,
+    """Score the test split with greedy and beam search: the average of the last
+    `average_last` checkpoints if set, else the best checkpoint."""
+    from tdx.checkpoints import average_checkpoints
+
+    t = cfg.trainer
+    chosen = run.ckpt_dir / "checkpoint_best.pt"
+    if t.average_last and (saved := numbered_checkpoints(run.ckpt_dir)[-t.average_last:]):
+        chosen = run.ckpt_dir / "checkpoint_avg.pt"
+        tmp = chosen.with_suffix(".pt.tmp")
+        torch.save(average_checkpoints([str(p) for p in saved]), tmp)
+        tmp.replace(chosen)
+        run.update(tested=f"average of {', '.join(p.name for p in saved)}")
+    if chosen.exists():
+        trainer.load_checkpoint(str(chosen), reset_optimizer=True, reset_lr_scheduler=True,
                                 reset_meters=True)
     final: dict[str, Any] = {}
+    if not t.test_split:
+        return final
     speed: dict[str, Any] = {}
-    for beam in sorted({1, int(cfg.trainer.test_beam)}):
-        scores = evaluate_generation(task, [trainer.model], "test", beam=beam,
-                                     batch_size=cfg.trainer.eval_batch_size)
+    for beam in sorted({1, int(t.test_beam)}):
+        scores = evaluate_generation(task, [trainer.model], t.test_split, beam=beam,
+                                     batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
+                                     max_len_b=t.max_len_b)
         tag = "greedy" if beam == 1 else f"beam{beam}"
         speed[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
+        run.update(bleu_signature=scores.pop("bleu_signature"))
         final.update({f"{k}_{tag}" if k != "n" else k: v for k, v in scores.items()})
     run.log(trainer.get_num_updates(), "test", final)
     return {**final, **speed}

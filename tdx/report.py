@@ -133,6 +133,27 @@ PRESETS: dict[str, tuple[str, str, list[Column]]] = {
         Column("Updates to 90% EM (valid)", _updates_to("valid", "exact_match", 0.9)),
         Column("Seeds", lambda runs: str(len(runs))),
     ]),
+    # TaLK Convolutions (Lioutas & Guo 2020), Table 2-style at CPU scale
+    "talk-mt": ("config.model.meta.label", "params", [
+        Column("Model", _first("config.model.meta.label")),
+        Column("Params", _params),
+        Column("BLEU test2016 (beam 5)", _stat("final.bleu_beam5", digits=2)),
+        Column("BLEU (greedy)", _stat("final.bleu_greedy", digits=2)),
+        Column("Best valid BLEU (greedy)", _stat("best.bleu", digits=2)),
+        Column("Train target tok/s", _stat("rate_tok_s", digits=0)),
+        Column("Generation sent/s (beam 5)", _stat("final.sent_per_s_beam5", digits=1)),
+        Column("Updates", _first("step")),
+        Column("Tested", _first("tested")),
+    ]),
+    "talk-lm": ("config.model.meta.label", "params", [
+        Column("Model", _first("config.model.meta.label")),
+        Column("Params", _params),
+        Column("Valid loss (nats/char)", _stat("best.loss_nats", digits=4)),
+        Column("Bits per char", _stat("best.loss", digits=4)),
+        Column("Best at update", _first("best.step")),
+        Column("Train tok/s", _stat("rate_tok_s", digits=0)),
+        Column("Updates", _first("step")),
+    ]),
 }
 
 

@@ -22,31 +22,35 @@ def sequence_scores(hyps: list[str], refs: list[str], tokenize: str = "13a"
         ht, rt = h.split(), r.split()
         correct += sum(a == b for a, b in zip(ht, rt, strict=False))
         total += max(len(ht), len(rt))
-    bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize)
+    bleu = sacrebleu.metrics.BLEU(tokenize=tokenize)
+    score = bleu.corpus_score(hyps, [refs])
     return {"exact_match": exact / max(len(refs), 1), "token_acc": correct / max(total, 1),
-            "bleu": round(bleu.score, 2)}
+            "bleu": round(score.score, 2), "bleu_signature": str(bleu.get_signature())}
 
 
 def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
                         max_sentences: int | None = None, batch_size: int = 128,
-                        max_len_b: int = 50) -> dict[str, Any]:
+                        max_len_a: float = 0, max_len_b: int = 50) -> dict[str, Any]:
     """Decode `split` with fairseq's SequenceGenerator and score it (see sequence_scores).
 
     Uses `task.decode_tokens(tensor) -> str` when the task defines it (detokenisation for
-    BLEU), else the target dictionary's string, and `task.bleu_tokenize` (default "13a").
+    BLEU), else the target dictionary's string; `task.reference_text(split, id)` for the
+    references when it has them (else the decoded target); `task.bleu_tokenize` ("13a").
     The decoding speed is returned under "sent_per_s" (not deterministic: callers keep it
     out of metrics.jsonl).
     """
     from fairseq import utils
     from fairseq.dataclass.configs import GenerationConfig
 
-    gen = task.build_generator(models, GenerationConfig(beam=beam, max_len_b=max_len_b))
+    gen = task.build_generator(models, GenerationConfig(beam=beam, max_len_a=max_len_a,
+                                                            max_len_b=max_len_b))
     dataset = task.dataset(split)
     itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size,
                                   ignore_invalid_inputs=False, seed=1).next_epoch_itr(
         shuffle=False)
     tgt_dict = task.target_dictionary
     decode = getattr(task, "decode_tokens", None) or tgt_dict.string
+    reference = getattr(task, "reference_text", lambda split, i: None)
     for m in models:
         m.eval()
     hyps: dict[int, str] = {}
@@ -57,7 +61,9 @@ def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
             out = task.inference_step(gen, models, sample)
             for i, sid in enumerate(sample["id"].tolist()):
                 hyps[sid] = decode(out[i][0]["tokens"].cpu())
-                refs[sid] = decode(utils.strip_pad(sample["target"][i], tgt_dict.pad()))
+                ref = reference(split, sid)
+                refs[sid] = ref if ref is not None else decode(
+                    utils.strip_pad(sample["target"][i], tgt_dict.pad()))
             if max_sentences and len(hyps) >= max_sentences:
                 break
     seconds = time.time() - t0

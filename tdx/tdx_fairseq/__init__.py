@@ -19,4 +19,6 @@ allow_fairseq_checkpoints()
 
 import tdx.attention.copy_task  # noqa: E402,F401
 import tdx.attention.models  # noqa: E402,F401
+import tdx.language_modeling  # noqa: E402,F401
 import tdx.talk.models  # noqa: E402,F401
+import tdx.translation  # noqa: E402,F401
