@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk bench-talk-op clean-runs
+.PHONY: install test demo lint table-copy table-talk bench-talk-op bench-talk-model clean-runs
 
 install: $(STAMP)
 
@@ -59,6 +59,9 @@ table-talk: install
 
 bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
+
+bench-talk-model: install  # results/talk_model.{md,json} (issue: TaLK models)
+	$(BIN)/tdx bench talk-model --json results/talk_model.json --md results/talk_model.md
 
 clean-runs:
 	rm -rf runs outputs multirun

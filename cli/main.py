@@ -242,6 +242,49 @@ def bench_talk_op(
         bench.plot(res, plot)
 
 
+@bench_app.command("talk-model")
+@usage_errors
+def bench_talk_model(
+    batch: Annotated[int, typer.Option(help="MT sentences per batch")] = 64,
+    length: Annotated[int, typer.Option(help="MT tokens per sentence (and generated)")] = 16,
+    lm_tokens: Annotated[int, typer.Option(help="LM tokens per batch")] = 8192,
+    contexts: Annotated[str, typer.Option(help="comma list of LM contexts")] = "256,1024",
+    repeats: Annotated[int, typer.Option(help="timed steps (median)")] = 6,
+    malloc: Annotated[str, typer.Option(help="reuse (default) or system, as talk-op")] =
+        "reuse",
+    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
+    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+) -> None:
+    """Training and beam-5 generation speed: TaLK vs Transformer, LightConv, DynamicConv."""
+    import json
+
+    from tdx.config import UsageError
+    from tdx.talk import bench_model
+    from tdx.talk.bench import MALLOC
+
+    try:
+        ctx = tuple(int(c) for c in contexts.split(",") if c)
+    except ValueError:
+        raise UsageError(f"--contexts must be a comma list of integers, got '{contexts}'.") \
+            from None
+    if not ctx or min(ctx) < 1 or min(batch, length, lm_tokens, repeats) < 1:
+        raise UsageError("--batch, --length, --lm-tokens, --repeats and --contexts must be "
+                         "positive.")
+    if malloc not in MALLOC:
+        raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
+    res = bench_model.run_benchmark(batch, length, lm_tokens, ctx, repeats, malloc=malloc,
+                                    progress=lambda m: err.print(m, highlight=False))
+    command = shlex.join(["tdx", "bench", "talk-model", *sys.argv[3:]])
+    text = bench_model.to_markdown(res, command)
+    out.print(text)
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text)
+
+
 @app.command("plugin-dir")
 def plugin_dir() -> None:
     """Print the fairseq --user-dir that registers tdx's models and tasks."""

@@ -126,12 +126,16 @@ def _rss_bytes(pid: int) -> int:
 
 def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
             budget_s: float, timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
-    """One operator at one length in a worker process, watched from here: a worker whose
+    """One operator at one length in a worker process (see run_worker)."""
+    return run_worker([sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C),
+                       str(H), str(K), str(repeats), str(budget_s)], timeout_s, malloc)
+
+
+def run_worker(cmd: list[str], timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
+    """Run a benchmark worker (it prints one JSON line) watched from here: a worker whose
     resident memory passes TDX_BENCH_MEM_FRACTION of RAM (default 0.6) is stopped and
     reported as out of memory (fairseq's unfold path at T=8192 wants more than this
-    machine has), so the benchmark never swaps the machine to a halt."""
-    cmd = [sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C), str(H), str(K),
-           str(repeats), str(budget_s)]
+    machine has), so a benchmark never swaps the machine to a halt."""
     fraction = float(os.environ.get("TDX_BENCH_MEM_FRACTION", "0.6"))
     cap = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:

@@ -259,3 +259,20 @@ def transformer_lm_char(args) -> None:  # noqa: ANN001 - fairseq signature
     args.dropout = getattr(args, "dropout", 0.1)
     args.decoder_normalize_before = True
     transformer_lm_base(args)
+
+
+@register_model_architecture("lightconv_lm", "dynamicconv_lm_char")
+def dynamicconv_lm_char(args) -> None:  # noqa: ANN001 - fairseq signature
+    """DynamicConv LM (Wu et al. 2019) of the TaLK char LM's size; causal kernels K+1."""
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 1024)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    args.decoder_conv_type = getattr(args, "decoder_conv_type", "dynamic")
+    args.decoder_kernel_size_list = getattr(args, "decoder_kernel_size_list",
+                                            [4, 8, 16, 32, 64, 64])
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.weight_dropout = getattr(args, "weight_dropout", 0.1)
+    args.decoder_glu = getattr(args, "decoder_glu", False)
+    args.input_dropout = getattr(args, "input_dropout", 0.0)
+    base_lm_architecture(args)

@@ -50,3 +50,23 @@ def test_bench_bad_arguments(tmp_path):
         proc = tdx("bench", "talk-op", *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_bench_talk_model_tiny(tmp_path):
+    js, md = tmp_path / "m.json", tmp_path / "m.md"
+    proc = tdx("bench", "talk-model", "--batch", "2", "--length", "5", "--lm-tokens", "32",
+               "--contexts", "16", "--repeats", "1", "--json", str(js), "--md", str(md),
+               cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(js.read_text())
+    for name in ("talk", "transformer", "lightconv", "dynamicconv"):
+        r = res["results"]["mt"][name]
+        assert "error" not in r, r
+        assert r["train_words_per_s"] > 0 and r["gen_sent_per_s"] > 0 and r["params"] > 0
+    for name in ("talk", "transformer", "dynamicconv"):
+        assert res["results"]["lm"]["16"][name]["train_tok_per_s"] > 0
+    assert res["ratios"]["mt_train_talk/transformer"] > 0
+    assert set(res["checks"]) >= {"mt_train_>=1.2x_transformer", "mt_gen_>=1.3x_transformer"}
+    assert "TaLK model speed" in md.read_text()
+    bad = tdx("bench", "talk-model", "--contexts", "x", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

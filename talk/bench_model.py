@@ -1,0 +1,224 @@
+"""`tdx bench talk-model`: whole-model speed of TaLK against its baselines, identical inputs.
+
+Every model (the CPU-scale archs of `tdx train talk-mt` / `talk-lm`, untrained, seed 0)
+runs in its own worker process (see tdx.talk.bench.run_worker) on the same synthetic
+batches (MT: a vocabulary of 8000 like talk-mt's sentencepiece; LM: 256 characters):
+
+- MT training: B sentences of source and target length L; forward, label-smoothed loss,
+  backward and an Adam step; target words per second (median step).
+- MT generation: beam 5 on B sources, forced to exactly L output tokens (min_len = max_len),
+  so an untrained model's early or late end-of-sentence does not change the work done;
+  sentences per second.
+- LM training at context 256 and 1024 with the same number of tokens per batch; tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+MT_MODELS = {"talk": "talkconv_multi30k", "transformer": "transformer_multi30k",
+             "lightconv": "lightconv_multi30k", "dynamicconv": "dynamicconv_multi30k"}
+LM_MODELS = {"talk": "talkconv_lm_char", "transformer": "transformer_lm_char",
+             "dynamicconv": "dynamicconv_lm_char"}
+VOCAB = 8000  # MT: the joint sentencepiece vocabulary of talk-mt
+LM_VOCAB = 256  # LM: characters (Tiny Shakespeare has 65)
+
+
+def _dictionary(size: int) -> Any:
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(size - len(d)):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def _build(arch: str, task_name: str, extra: list[str], vocab: int) -> tuple[Any, Any]:
+    """(model, task stand-in) with fairseq's own defaults for `arch`."""
+    from types import SimpleNamespace
+
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    from tdx.fairseq_engine import parse_fairseq
+
+    cfg = parse_fairseq([f"{task_name}-unused", "--task", task_name, "--arch", arch,
+                         "--cpu", *extra])
+    d = _dictionary(vocab)
+    task = SimpleNamespace(source_dictionary=d, target_dictionary=d, dictionary=d,
+                           output_dictionary=d)
+    return ARCH_MODEL_REGISTRY[arch].build_model(cfg.model, task), task
+
+
+def _median_s(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, float]:
+    import torch
+    from fairseq.criterions.label_smoothed_cross_entropy import (
+        LabelSmoothedCrossEntropyCriterion,
+    )
+    from fairseq.sequence_generator import SequenceGenerator
+
+    torch.manual_seed(0)
+    model, task = _build(arch, "translation", [], VOCAB)
+    crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, VOCAB, (batch, length), generator=g)
+    tgt = torch.randint(4, VOCAB, (batch, length), generator=g)
+    eos = torch.full((batch, 1), task.target_dictionary.eos())
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((batch,), length),
+                            "prev_output_tokens": torch.cat([eos, tgt[:, :-1]], 1)},
+              "target": tgt, "ntokens": batch * length}
+
+    def step() -> None:
+        model.train()
+        loss, _, _ = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    train_s = _median_s(step, 2, repeats)
+    model.eval()
+    gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0,
+                            max_len_b=length, min_len=length)
+    net = {"net_input": {"src_tokens": src, "src_lengths": sample["net_input"]["src_lengths"]}}
+    with torch.no_grad():
+        gen_s = _median_s(lambda: gen.generate([model], net), 1, max(repeats // 2, 2))
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "train_words_per_s": round(batch * length / train_s, 1),
+            "gen_sent_per_s": round(batch / gen_s, 2)}
+
+
+def measure_lm(arch: str, context: int, tokens: int, repeats: int) -> dict[str, float]:
+    import torch
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+
+    torch.manual_seed(0)
+    model, task = _build(arch, "language_modeling",
+                         ["--tokens-per-sample", str(context), "--max-target-positions",
+                          str(context)], LM_VOCAB)
+    crit = CrossEntropyCriterion(task, sentence_avg=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch = max(tokens // context, 1)
+    seq = torch.randint(4, LM_VOCAB, (batch, context + 1),
+                        generator=torch.Generator().manual_seed(0))
+    sample = {"net_input": {"src_tokens": seq[:, :-1].contiguous()},
+              "target": seq[:, 1:].contiguous(), "ntokens": batch * context}
+
+    def step() -> None:
+        model.train()
+        loss, _, _ = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "train_tok_per_s": round(batch * context / _median_s(step, 2, repeats), 1)}
+
+
+def ratios_and_checks(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TaLK over each baseline, and the issue's targets."""
+    def r(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    mt, lm = res["mt"], res["lm"]
+    out: dict[str, Any] = {}
+    for other in ("transformer", "lightconv", "dynamicconv"):
+        out[f"mt_train_talk/{other}"] = r(mt.get("talk", {}).get("train_words_per_s"),
+                                          mt.get(other, {}).get("train_words_per_s"))
+        out[f"mt_gen_talk/{other}"] = r(mt.get("talk", {}).get("gen_sent_per_s"),
+                                        mt.get(other, {}).get("gen_sent_per_s"))
+    for ctx, row in lm.items():
+        for other in ("transformer", "dynamicconv"):
+            out[f"lm{ctx}_train_talk/{other}"] = r(row.get("talk", {}).get("train_tok_per_s"),
+                                                   row.get(other, {}).get("train_tok_per_s"))
+    checks = {
+        "mt_train_>=1.2x_transformer": (out["mt_train_talk/transformer"] or 0) >= 1.2,
+        "lm1024_train_>=1.5x_transformer": (out.get("lm1024_train_talk/transformer") or 0)
+        >= 1.5,
+        "mt_gen_>=1.3x_transformer": (out["mt_gen_talk/transformer"] or 0) >= 1.3,
+        "faster_than_dynamicconv_everywhere": all(
+            (v or 0) > 1 for k, v in out.items() if k.endswith("/dynamicconv")),
+    }
+    return out, checks
+
+
+def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
+                  contexts: tuple[int, ...] = (256, 1024), repeats: int = 6,
+                  timeout_s: float = 1800.0, malloc: str = "reuse",
+                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+    from tdx.run import git_commit, machine_info
+    from tdx.talk.bench import run_worker
+
+    worker = [sys.executable, "-m", "tdx.talk.bench_model"]
+    res: dict[str, Any] = {"mt": {}, "lm": {}}
+    for name, arch in MT_MODELS.items():
+        progress(f"MT {name:<12} ({arch}) ...")
+        res["mt"][name] = run_worker([*worker, "mt", arch, str(batch), str(length),
+                                      str(repeats)], timeout_s, malloc)
+    for ctx in contexts:
+        res["lm"][str(ctx)] = {}
+        for name, arch in LM_MODELS.items():
+            progress(f"LM {name:<12} ({arch}) context {ctx} ...")
+            res["lm"][str(ctx)][name] = run_worker(
+                [*worker, "lm", arch, str(ctx), str(lm_tokens), str(repeats)], timeout_s,
+                malloc)
+    ratios, checks = ratios_and_checks(res)
+    return {"config": {"batch": batch, "length": length, "lm_tokens": lm_tokens,
+                       "contexts": list(contexts), "repeats": repeats, "vocab": VOCAB,
+                       "lm_vocab": LM_VOCAB, "beam": 5, "malloc": malloc, "mt_models": MT_MODELS,
+                       "lm_models": LM_MODELS},
+            "machine": machine_info(), "git_commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "results": res, "ratios": ratios,
+            "checks": checks}
+
+
+def to_markdown(report: dict[str, Any], command: str) -> str:
+    cfg, res = report["config"], report["results"]
+    cell = lambda r, k: r.get("error", "?")[:30] if "error" in r else f"{r[k]:,.1f}"  # noqa: E731
+    lines = ["# TaLK model speed", "",
+             f"Untrained models, identical synthetic batches (V={cfg['vocab']} for MT, "
+             f"{cfg['lm_vocab']} for the character LMs), float32, CPU. "
+             f"MT: {cfg['batch']} sentences of {cfg['length']} tokens each side; generation "
+             f"beam {cfg['beam']}, exactly {cfg['length']} output tokens. LM: "
+             f"{cfg['lm_tokens']} tokens per batch. Medians of {cfg['repeats']} steps.", "",
+             "| MT model | arch | params | train words/s | beam-5 sent/s |",
+             "|---|---|---|---|---|"]
+    for name, r in res["mt"].items():
+        lines.append(f"| {name} | {cfg['mt_models'][name]} | {r.get('params', 0) / 1e6:.2f}M | "
+                     f"{cell(r, 'train_words_per_s')} | {cell(r, 'gen_sent_per_s')} |")
+    lines += ["", "| LM model | arch | params | " + " | ".join(
+        f"tok/s @ {c}" for c in res["lm"]) + " |", "|---|---|---|" + "---|" * len(res["lm"])]
+    for name, arch in cfg["lm_models"].items():
+        rows = [res["lm"][c][name] for c in res["lm"]]
+        lines.append(f"| {name} | {arch} | {rows[0].get('params', 0) / 1e6:.2f}M | " +
+                     " | ".join(cell(r, "train_tok_per_s") for r in rows) + " |")
+    lines += ["", "Ratios (TaLK / other):", ""]
+    lines += [f"- {k}: {v}" for k, v in report["ratios"].items()]
+    lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
+    m = report["machine"]
+    lines += ["", f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
+              f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, "
+              f"{report['date']}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # worker: mt ARCH B L REPEATS | lm ARCH CONTEXT TOKENS REPEATS
+    kind, arch, *nums = sys.argv[1:]
+    a, b, reps = map(int, nums)
+    out = measure_mt(arch, a, b, reps) if kind == "mt" else measure_lm(arch, a, b, reps)
+    print(json.dumps(out))
