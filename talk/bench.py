@@ -266,12 +266,15 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
     for T, r in report["ratios"].items():
         lines.append(f"| {T} | " + " | ".join("-" if r[n] is None else f"{r[n]:.3f}"
                                               for n, _, _ in RATIOS) + " |")
-    lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
+    return "\n".join(lines + targets_and_provenance(report, command))
+
+
+def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
+    """The closing markdown lines of a benchmark report: targets, command, commit, machine."""
     m = report["machine"]
-    lines += ["", f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
-              f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, "
-              f"{report['date']}", ""]
-    return "\n".join(lines)
+    return ["", "Targets:", "", *[f"- {k}: {v}" for k, v in report["checks"].items()], "",
+            f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
+            f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, {report['date']}", ""]
 
 
 def plot(report: dict[str, Any], out: Path) -> None:

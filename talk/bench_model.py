@@ -65,6 +65,21 @@ def _median_s(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _train_step(model: Any, crit: Any, sample: dict) -> Callable[[], None]:
+    """One training update: forward, the criterion's loss, backward, an Adam step."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        model.train()
+        loss, _, _ = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
 def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, float]:
     import torch
     from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -75,7 +90,6 @@ def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, fl
     torch.manual_seed(0)
     model, task = _build(arch, "translation", [], VOCAB)
     crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, VOCAB, (batch, length), generator=g)
     tgt = torch.randint(4, VOCAB, (batch, length), generator=g)
@@ -84,14 +98,7 @@ def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, fl
                             "prev_output_tokens": torch.cat([eos, tgt[:, :-1]], 1)},
               "target": tgt, "ntokens": batch * length}
 
-    def step() -> None:
-        model.train()
-        loss, _, _ = crit(model, sample)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    train_s = _median_s(step, 2, repeats)
+    train_s = _median_s(_train_step(model, crit, sample), 2, repeats)
     model.eval()
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0,
                             max_len_b=length, min_len=length)
@@ -112,20 +119,13 @@ def measure_lm(arch: str, context: int, tokens: int, repeats: int) -> dict[str, 
                          ["--tokens-per-sample", str(context), "--max-target-positions",
                           str(context)], LM_VOCAB)
     crit = CrossEntropyCriterion(task, sentence_avg=False)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = max(tokens // context, 1)
     seq = torch.randint(4, LM_VOCAB, (batch, context + 1),
                         generator=torch.Generator().manual_seed(0))
     sample = {"net_input": {"src_tokens": seq[:, :-1].contiguous()},
               "target": seq[:, 1:].contiguous(), "ntokens": batch * context}
 
-    def step() -> None:
-        model.train()
-        loss, _, _ = crit(model, sample)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
+    step = _train_step(model, crit, sample)
     return {"params": sum(p.numel() for p in model.parameters()),
             "train_tok_per_s": round(batch * context / _median_s(step, 2, repeats), 1)}
 
@@ -188,6 +188,8 @@ def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
+    from tdx.talk.bench import targets_and_provenance
+
     cfg, res = report["config"], report["results"]
     cell = lambda r, k: r.get("error", "?")[:30] if "error" in r else f"{r[k]:,.1f}"  # noqa: E731
     lines = ["# TaLK model speed", "",
@@ -209,12 +211,7 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
                      " | ".join(cell(r, "train_tok_per_s") for r in rows) + " |")
     lines += ["", "Ratios (TaLK / other):", ""]
     lines += [f"- {k}: {v}" for k, v in report["ratios"].items()]
-    lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in report["checks"].items()]
-    m = report["machine"]
-    lines += ["", f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
-              f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, "
-              f"{report['date']}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + targets_and_provenance(report, command))
 
 
 if __name__ == "__main__":  # worker: mt ARCH B L REPEATS | lm ARCH CONTEXT TOKENS REPEATS

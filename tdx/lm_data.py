@@ -13,10 +13,11 @@ out_dir/prepared.json records the settings; other settings rebuild the folder.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
+
+from tdx.fairseq_data import fairseq_preprocess
 
 SPACE = "\u2581"
 
@@ -66,17 +67,8 @@ def prepare(out_dir: Path, level: str, files: dict[str, Path], train_fraction: f
 
 def binarize(text_dir: Path, out_dir: Path, eval_splits: list[str]) -> None:
     """fairseq-preprocess --only-source (a language model's data)."""
-    from fairseq import options
-    from fairseq_cli import preprocess
-
     argv = ["--only-source", "--trainpref", str(text_dir / "train"), "--destdir", str(out_dir),
             "--workers", "1"]
     for split in eval_splits:
         argv += [f"--{split}pref", str(text_dir / split)]
-    args = options.get_preprocessing_parser().parse_args(argv)
-    root = logging.getLogger()
-    level = root.level
-    try:
-        preprocess.main(args)
-    finally:
-        root.setLevel(level)
+    fairseq_preprocess(argv)

@@ -12,12 +12,13 @@ folder prepared with other settings is rebuilt, never mixed.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
+
+from tdx.fairseq_data import fairseq_preprocess, read_lines
 
 log = logging.getLogger("tdx")
 SPLITS = ("train", "valid", "test")
@@ -31,12 +32,6 @@ def raw_file(raw_dir: Path, stem: str, lang: str) -> Path:
 
 def required_files(raw_dir: Path, stems: dict[str, str], langs: tuple[str, str]) -> list[Path]:
     return [raw_file(raw_dir, stems[s], lang) for s in SPLITS for lang in langs]
-
-
-def read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n").strip() for line in f]
 
 
 def prepare(raw_dir: Path, out_dir: Path, src: str, tgt: str, stems: dict[str, str],
@@ -92,17 +87,7 @@ def train_sentencepiece(lines: list[str], prefix: Path, vocab_size: int) -> Any:
 
 def binarize(text_dir: Path, out_dir: Path, src: str, tgt: str) -> None:
     """fairseq-preprocess with a joined dictionary (for shared embeddings)."""
-    from fairseq import options
-    from fairseq_cli import preprocess
-
-    parser = options.get_preprocessing_parser()
-    args = parser.parse_args([
+    fairseq_preprocess([
         "--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
         "--trainpref", str(text_dir / "train"), "--validpref", str(text_dir / "valid"),
         "--testpref", str(text_dir / "test"), "--destdir", str(out_dir), "--workers", "1"])
-    root = logging.getLogger()
-    level = root.level
-    try:
-        preprocess.main(args)
-    finally:
-        root.setLevel(level)

@@ -13,7 +13,8 @@ import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from tdx.mt_data import prepare, read_lines
+from tdx.fairseq_data import read_lines
+from tdx.mt_data import prepare
 
 
 @dataclass

@@ -16,6 +16,7 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 
 import tdx.tdx_fairseq  # noqa: F401
 from tdx import lm_data, mt_data
+from tdx.fairseq_data import read_lines
 from tdx.fairseq_engine import PLUGIN_DIR
 from tdx.talk.models import TaLKConvLanguageModel, talkconv_lm_char
 from tdx.talk.module import TaLKConv
@@ -41,7 +42,7 @@ def small_multi30k(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("multi30k")
     for stem, n in (("train", 400), ("val", 24), ("test_2016_flickr", 24)):
         for lang in ("de", "en"):
-            lines = mt_data.read_lines(DATA / "mt/multi30k" / f"{stem}.{lang}.gz")[:n]
+            lines = read_lines(DATA / "mt/multi30k" / f"{stem}.{lang}.gz")[:n]
             with gzip.open(raw / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
     return raw
@@ -57,7 +58,7 @@ def test_mt_data_prepares_once_and_keeps_references(small_multi30k, tmp_path):
             assert (out / f"{split}.de-en.{lang}.bin").exists()
     assert (out / "dict.de.txt").read_text() == (out / "dict.en.txt").read_text()  # joined
     refs = (out / "ref.test.en").read_text().splitlines()
-    assert refs == mt_data.read_lines(small_multi30k / "test_2016_flickr.en.gz")
+    assert refs == read_lines(small_multi30k / "test_2016_flickr.en.gz")
     stamp = (out / "prepared.json").stat().st_mtime_ns
     mt_data.prepare(small_multi30k, tmp_path / "bin", "de", "en", STEMS, 300)
     assert (out / "prepared.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
