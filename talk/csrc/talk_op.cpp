@@ -17,7 +17,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <utility>
 #include <cmath>
 #include <vector>
 
@@ -76,11 +75,16 @@ struct Columns {
   Columns(const Shape& s_, int64_t b, int64_t e)
       : s(s_), begin(b), end(e), ring(static_cast<size_t>((e - b) * s_.R * s_.D), T(0)) {}
   T* row(int64_t u, int64_t r) { return ring.data() + ((u - begin) * s.R + r % s.R) * s.D; }
-  // Window edges of output i in column u: (left edge, right edge) as table rows.
-  std::pair<Edge<T>, Edge<T>> edges(const T* a, int64_t i, int64_t u) const {
+  // Output i's window in column u: its two edges and the four ring rows they read.
+  struct Window {
+    Edge<T> L, R;
+    T *l0, *l1, *r0, *r1;
+  };
+  Window window(const T* a, int64_t i, int64_t u) {
     T vl, vr;
     raw_edges(s, a, i, u / s.H, u % s.H, vl, vr);
-    return {edge(vl, s.T, 0), edge(vr, s.T, 1)};
+    const Edge<T> L = edge(vl, s.T, 0), R = edge(vr, s.T, 1);
+    return {L, R, row(u, L.k0), row(u, L.k1), row(u, R.k0), row(u, R.k1)};
   }
 };
 
@@ -110,14 +114,12 @@ void forward_kernel(const Shape& s, const T* x, const T* a, T* out) {
     for (int64_t i = 0; i < s.T; ++i) {
       extend_table(cols, x, done, std::min(s.T, i + s.r_max + 2));
       for (int64_t u = begin; u < end; ++u) {
-        const auto [L, Rt] = cols.edges(a, i, u);
-        const T *l0 = cols.row(u, L.k0), *l1 = cols.row(u, L.k1);
-        const T *r0 = cols.row(u, Rt.k0), *r1 = cols.row(u, Rt.k1);
+        const auto w = cols.window(a, i, u);
         T* o = out + i * s.B * s.C + u * s.D;
 #pragma omp simd
         for (int64_t d = 0; d < s.D; ++d) {
-          const T sr = r0[d] + Rt.f * (r1[d] - r0[d]);
-          const T sl = l0[d] + L.f * (l1[d] - l0[d]);
+          const T sr = w.r0[d] + w.R.f * (w.r1[d] - w.r0[d]);
+          const T sl = w.l0[d] + w.L.f * (w.l1[d] - w.l0[d]);
           o[d] = (sr - sl) * invK;
         }
       }
@@ -158,23 +160,21 @@ void backward_kernel(const Shape& s, const T* g, const T* x, const T* a, T* gx, 
     for (int64_t i = 0; i < s.T; ++i) {
       extend_table(cols, x, done, std::min(s.T, i + s.r_max + 2));
       for (int64_t u = begin; u < end; ++u) {
-        const auto [L, Rt] = cols.edges(a, i, u);
-        const T *l0 = cols.row(u, L.k0), *l1 = cols.row(u, L.k1);
-        const T *r0 = cols.row(u, Rt.k0), *r1 = cols.row(u, Rt.k1);
+        const auto w = cols.window(a, i, u);
         const T* gi = g + i * s.B * s.C + u * s.D;
         T dl = 0, dr = 0;
 #pragma omp simd reduction(+ : dl, dr)
         for (int64_t d = 0; d < s.D; ++d) {
-          dl += gi[d] * (l1[d] - l0[d]);
-          dr += gi[d] * (r1[d] - r0[d]);
+          dl += gi[d] * (w.l1[d] - w.l0[d]);
+          dr += gi[d] * (w.r1[d] - w.r0[d]);
         }
         // left = i - a_l l_max and o = S(right + 1) - S(left): dL/da_l = +l_max dl / K
         const int64_t k = (i * s.B + u / s.H) * s.A + u % s.H;
-        ga[k] = L.pass ? dl * invK * static_cast<T>(s.l_max) : T(0);
-        if (!s.causal) ga[k + s.H] = Rt.pass ? dr * invK * static_cast<T>(s.r_max) : T(0);
-        T *gl0 = dS.row(u, L.k0), *gl1 = dS.row(u, L.k1);
-        T *gr0 = dS.row(u, Rt.k0), *gr1 = dS.row(u, Rt.k1);
-        const T wl1 = L.f * invK, wl0 = invK - wl1, wr1 = Rt.f * invK, wr0 = invK - wr1;
+        ga[k] = w.L.pass ? dl * invK * static_cast<T>(s.l_max) : T(0);
+        if (!s.causal) ga[k + s.H] = w.R.pass ? dr * invK * static_cast<T>(s.r_max) : T(0);
+        T *gl0 = dS.row(u, w.L.k0), *gl1 = dS.row(u, w.L.k1);
+        T *gr0 = dS.row(u, w.R.k0), *gr1 = dS.row(u, w.R.k1);
+        const T wl1 = w.L.f * invK, wl0 = invK - wl1, wr1 = w.R.f * invK, wr0 = invK - wr1;
         // Rows may coincide (gl1 == gr0 when left is an integer); only at the same d, which
         // keeps the loop free of dependences between iterations.
 #pragma omp simd
