@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import random
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
@@ -129,7 +130,8 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     from fairseq import tasks, utils
     from fairseq.trainer import Trainer
 
-    warnings.filterwarnings("ignore", message=".*(pin_memory|torch.cuda.amp).*")
+    warnings.filterwarnings(  # known, harmless, once per batch otherwise
+        "ignore", message=".*(pin_memory|torch.cuda.amp|mismatched key_padding_mask).*")
     fcfg = parse_fairseq(fairseq_argv(cfg, run.ckpt_dir))
     utils.import_user_module(fcfg.common)
     seed_everything(cfg.seed)
@@ -163,7 +165,9 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
         trainer.save_checkpoint(str(path), state)  # fairseq writes .tmp then renames
         if path == last and t.average_last:  # numbered copies for averaging: keep N
-            trainer.save_checkpoint(str(run.ckpt_dir / f"checkpoint{step}.pt"), state)
+            numbered = run.ckpt_dir / f"checkpoint{step}.pt"
+            shutil.copyfile(path, numbered.with_suffix(".pt.tmp"))
+            numbered.with_suffix(".pt.tmp").replace(numbered)
             for old in numbered_checkpoints(run.ckpt_dir)[:-t.average_last]:
                 old.unlink()
 
@@ -255,6 +259,8 @@ def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any
     from tdx.checkpoints import average_checkpoints
 
     t = cfg.trainer
+    if not t.test_split:
+        return {}
     chosen = run.ckpt_dir / "checkpoint_best.pt"
     if t.average_last and (saved := numbered_checkpoints(run.ckpt_dir)[-t.average_last:]):
         chosen = run.ckpt_dir / "checkpoint_avg.pt"
@@ -266,8 +272,6 @@ def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any
         trainer.load_checkpoint(str(chosen), reset_optimizer=True, reset_lr_scheduler=True,
                                 reset_meters=True)
     final: dict[str, Any] = {}
-    if not t.test_split:
-        return final
     speed: dict[str, Any] = {}
     for beam in sorted({1, int(t.test_beam)}):
         scores = evaluate_generation(task, [trainer.model], t.test_split, beam=beam,
