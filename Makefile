@@ -45,14 +45,20 @@ table-copy: install
 	$(BIN)/tdx report $$(ls -d runs/copy-study/*/ | tail -n 1) --table copy \
 	  --out results/copy.md --plot results/copy_curves.png
 
-# TaLK: 4 MT models (Multi30k) and 2 character LMs (Tiny Shakespeare), one budget each.
+# TaLK: 4 MT models (Multi30k) and 2 character LMs (Tiny Shakespeare), one budget of updates
+# for all models of an experiment (about 15 min per model on 2 CPU cores; raise the budgets
+# with `make table-talk TALK_MT_UPDATES=1200 TALK_LM_UPDATES=2000`).
 TALK_MT_MODELS := talkconv_multi30k,transformer_multi30k,lightconv_multi30k,dynamicconv_multi30k
 TALK_LM_MODELS := talkconv_lm_char,transformer_lm_char
+TALK_MT_UPDATES ?= 600
+TALK_LM_UPDATES ?= 500
 table-talk: install
-	$(BIN)/tdx train talk-mt -m model=$(TALK_MT_MODELS) || true
+	$(BIN)/tdx train talk-mt -m model=$(TALK_MT_MODELS) trainer.max_update=$(TALK_MT_UPDATES) \
+	  trainer.valid_every=100 trainer.save_every=50 || true
 	$(BIN)/tdx report $$(ls -d runs/talk-mt/*/ | tail -n 1) --table talk-mt \
 	  --out results/talk_mt.md --plot results/talk_mt_curves.png --metric valid.bleu
-	$(BIN)/tdx train talk-lm -m model=$(TALK_LM_MODELS) || true
+	$(BIN)/tdx train talk-lm -m model=$(TALK_LM_MODELS) trainer.max_update=$(TALK_LM_UPDATES) \
+	  trainer.valid_every=100 trainer.save_every=100 || true
 	$(BIN)/tdx report $$(ls -d runs/talk-lm/*/ | tail -n 1) --table talk-lm \
 	  --out results/talk_lm.md --plot results/talk_lm_curves.png --metric valid.loss_nats
 	cat results/talk_mt.md results/talk_lm.md > results/talk.md
