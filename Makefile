@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk bench-talk-op bench-talk-model clean-runs
+.PHONY: install test demo lint table-copy table-talk table-embed bench-talk-op bench-talk-model clean-runs
 
 install: $(STAMP)
 
@@ -62,6 +62,19 @@ table-talk: install
 	$(BIN)/tdx report $$(ls -d runs/talk-lm/*/ | tail -n 1) --table talk-lm \
 	  --out results/talk_lm.md --plot results/talk_lm_curves.png --metric valid.loss_nats
 	cat results/talk_mt.md results/talk_lm.md > results/talk.md
+
+# Distilled Embedding: the teacher is the Transformer of the latest talk-mt sweep (or
+# EMBED_TEACHER=RUN_DIR); every compressor at 4/8/16/32x, fine-tuned on one budget.
+EMBED_TEACHER ?= $$(dirname $$(grep -l 'model=transformer_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1))
+EMBED_UPDATES ?= 300
+table-embed: install
+	$(BIN)/tdx train embed -m teacher=$(EMBED_TEACHER) trainer.max_update=$(EMBED_UPDATES) \
+	  model.embed_method=svd,distilled,groupreduce model.embed_rate=4,8,16,32 \
+	  hydra.sweep.dir=runs/embed/table-lowrank || true
+	$(BIN)/tdx train embed -m teacher=$(EMBED_TEACHER) trainer.max_update=$(EMBED_UPDATES) \
+	  model.embed_method=quant8,quant4 hydra.sweep.dir=runs/embed/table-quant || true
+	$(BIN)/tdx report runs/embed/table-lowrank runs/embed/table-quant --table embed \
+	  --out results/embed.md --plot results/embed.png
 
 bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png

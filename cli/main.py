@@ -152,13 +152,20 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
     under the data dir, and where to put the missing ones."""
     from omegaconf import OmegaConf
 
-    from tdx.config import check, data_dir, data_options, experiments, required_files
+    from tdx.config import (
+        check,
+        compose,
+        data_dir,
+        data_options,
+        experiments,
+        required_files,
+    )
 
     if experiment:
         cfgs = {experiment: check(experiment, overrides or [])}
-    else:
-        cfgs = {name: check(name, []) for name in experiments()}
-        cfgs |= {f"data={opt}": check(next(iter(experiments())), [f"data={opt}"])
+    else:  # only the data sections matter here: compose, without the full check
+        cfgs = {name: compose(name) for name in experiments()}
+        cfgs |= {f"data={opt}": compose(next(iter(experiments())), [f"data={opt}"])
                  for opt in data_options()}
     root = data_dir(next(iter(cfgs.values())))
     table = Table("experiment / data", "file", "status", box=None)

@@ -141,6 +141,11 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
                          f"{name}` to see every key, or prefix the override with + to add "
                          "a new key.") from None
     check_types(base, cfg, [o for o in user if not (o.is_add() or o.is_delete())])
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UsageError(f"'{name}' needs {', '.join(missing)}, which has no default: give it "
+                         f"on the command line ({missing[0]}=...); the comment next to it in "
+                         f"conf/experiment/{name}.yaml says what it is.")
     if cfg.engine not in ENGINES:
         raise UsageError(f"Unknown engine '{cfg.engine}'.{_close(cfg.engine, ENGINES)} "
                          f"Engines: {', '.join(ENGINES)}.")

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tdx.config import UsageError
 from tdx.progress import TrainProgress, fmt
-from tdx.run import RunDir, StopFlag
+from tdx.run import RunDir, StopFlag, read_json
 from tdx.seqeval import evaluate_generation
 
 log = logging.getLogger("tdx")
@@ -63,11 +63,25 @@ def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
         options.update({k: v for k, v in part.items() if k != "meta"})
     positional = [str(options.pop("data_path"))] if "data_path" in options else []
     t = cfg.trainer
+    if cfg.get("teacher"):
+        options["teacher_path"] = str(teacher_checkpoint(Path(cfg.teacher)))
     options.update(
         user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=True, num_workers=0,
         max_update=t.max_update, save_dir=str(save_dir), no_progress_bar=True,
         log_format="none", disable_validation=True)
     return positional + to_argv(options)
+
+
+def teacher_checkpoint(path: Path) -> Path:
+    """A teacher given as a checkpoint file, or as a run folder: its averaged checkpoint
+    (the one its test scores came from) if there is one, else its best."""
+    if path.is_file():
+        return path.resolve()
+    for name in ("checkpoint_avg.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
+        if (path / "checkpoints" / name).is_file():
+            return (path / "checkpoints" / name).resolve()
+    raise UsageError(f"teacher={path} is neither a checkpoint file nor a run folder with "
+                     "checkpoints/checkpoint_{avg,best,last}.pt.")
 
 
 @contextmanager
@@ -143,6 +157,17 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     model = task.build_model(fcfg.model)
     criterion = task.build_criterion(fcfg.criterion)
     n_params = sum(p.numel() for p in model.parameters())
+    if not cfg.resume and hasattr(model, "init_from_teacher"):
+        teacher = getattr(criterion, "teacher", None)
+        if teacher is None:
+            log.warning("no teacher: the compressed embedding starts from random values")
+        else:
+            fit = model.init_from_teacher(teacher, torch.tensor(task.tgt_dict.count))
+            path = Path(criterion.teacher_path)
+            scores = read_json(path.parent.parent / "summary.json").get("final", {})
+            run.update(compression=fit, teacher={"checkpoint": str(path), **{
+                k: v for k, v in scores.items() if k.startswith("bleu")}})
+            log.info("compressed embedding fitted to the teacher: %s", fmt(fit))
     trainer = Trainer(fcfg, task, model, criterion)
 
     last = run.ckpt_dir / "checkpoint_last.pt"
@@ -192,6 +217,12 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         return scores
 
     step = trainer.get_num_updates()
+    if t.get("test_before") and t.test_split and not cfg.resume:
+        initial = score(cfg, task, trainer.model)
+        initial.pop("bleu_signature", None)
+        run.log(step, "test_before", {k: v for k, v in initial.items() if "per_s" not in k})
+        run.update(initial=initial)
+        log.info("before training: %s", fmt(initial))
     bar = TrainProgress(t.max_update, start=step, log_every=t.log_every,
                         description=cfg.name)
     status = "completed"
@@ -271,18 +302,27 @@ def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any
     if chosen.exists():
         trainer.load_checkpoint(str(chosen), reset_optimizer=True, reset_lr_scheduler=True,
                                 reset_meters=True)
+    final = score(cfg, task, trainer.model)
+    run.update(bleu_signature=final.pop("bleu_signature", None))
+    run.log(trainer.get_num_updates(), "test", {k: v for k, v in final.items()
+                                                if "per_s" not in k})
+    return final
+
+
+def score(cfg: DictConfig, task: Any, model: Any) -> dict[str, Any]:
+    """Test-split scores with greedy and beam search, keys suffixed _greedy / _beamN,
+    and sentences per second of each."""
+    t = cfg.trainer
     final: dict[str, Any] = {}
-    speed: dict[str, Any] = {}
     for beam in sorted({1, int(t.test_beam)}):
-        scores = evaluate_generation(task, [trainer.model], t.test_split, beam=beam,
+        scores = evaluate_generation(task, [model], t.test_split, beam=beam,
                                      batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
                                      max_len_b=t.max_len_b)
         tag = "greedy" if beam == 1 else f"beam{beam}"
-        speed[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
-        run.update(bleu_signature=scores.pop("bleu_signature"))
+        final[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
+        final["bleu_signature"] = scores.pop("bleu_signature")
         final.update({f"{k}_{tag}" if k != "n" else k: v for k, v in scores.items()})
-    run.log(trainer.get_num_updates(), "test", final)
-    return {**final, **speed}
+    return final
 
 
 def valid_loss(trainer: Any, task: Any) -> float:

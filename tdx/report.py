@@ -47,6 +47,10 @@ class Run:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
+    def keys(self, dotted: str, default: Any = None) -> tuple:
+        """Several `get` keys at once, comma-separated: 'compression.rate,config.x'."""
+        return tuple(default if (v := self.get(k)) is None else v for k in dotted.split(","))
+
     def curve(self, split: str, metric: str) -> list[tuple[int, float]]:
         return [(m["step"], m["metrics"][metric]) for m in self.metrics
                 if m["split"] == split and isinstance(m["metrics"].get(metric), int | float)]
@@ -154,6 +158,19 @@ PRESETS: dict[str, tuple[str, str, list[Column]]] = {
         Column("Train tok/s", _stat("rate_tok_s", digits=0)),
         Column("Updates", _first("step")),
     ]),
+    # Distilled Embedding (Lioutas et al. 2020), Table 1-style: method x compression
+    "embed": ("compression.method,compression.rate", "compression.rate,compression.order", [
+        Column("Method", _first("compression.method")),
+        Column("Rate", lambda g: f"{g[0].get('compression.rate')}x"),
+        Column("Exact rate", _first("compression.rate_exact")),
+        Column("Rank", _first("compression.rank")),
+        Column("Embedding params", _stat("compression.embedding_params", digits=0)),
+        Column("Model params", _stat("compression.model_params", digits=0)),
+        Column("BLEU before FT (beam 5)", _stat("initial.bleu_beam5", digits=2)),
+        Column("BLEU after FT (beam 5)", _stat("final.bleu_beam5", digits=2)),
+        Column("Teacher BLEU", _stat("teacher.bleu_beam5", digits=2)),
+        Column("Seeds", lambda runs: str(len(runs))),
+    ]),
 }
 
 
@@ -190,8 +207,8 @@ def preset_table(runs: list[Run], name: str) -> tuple[list[str], list[list[str]]
         raise UsageError(f"Unknown table preset '{name}'. Presets: {', '.join(PRESETS)}.")
     group_key, sort_key, columns = PRESETS[name]
     done = [r for r in runs if r.summary.get("status") == "completed"]
-    groups = sorted(_group(done, lambda r: r.get(group_key)),
-                    key=lambda g: (g[0].get(sort_key) or 0, str(g[0].get(group_key))))
+    groups = sorted(_group(done, lambda r: r.keys(group_key)),
+                    key=lambda g: (g[0].keys(sort_key, 0), str(g[0].keys(group_key))))
     return [c.header for c in columns], [[c.value(g) for c in columns] for g in groups]
 
 
@@ -263,13 +280,47 @@ def plot(runs: list[Run], out: Path, split: str, metric: str, group_key: str | N
     plt.close(fig)
 
 
+def plot_embed(runs: list[Run], out: Path) -> None:
+    """BLEU after fine-tuning against embedding compression, a line per method, and the
+    uncompressed teacher as a horizontal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in runs if r.summary.get("status") == "completed"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for g in _group(done, lambda r: r.get("compression.method")):
+        by_rate = _group(g, lambda r: r.get("compression.rate"))
+        pts = sorted((g2[0].get("compression.rate"),
+                      statistics.mean(r.get("final.bleu_beam5") for r in g2)) for g2 in by_rate)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                label=str(g[0].get("compression.method")))
+    teacher = [r.get("teacher.bleu_beam5") for r in done if r.get("teacher.bleu_beam5")]
+    if teacher:
+        ax.axhline(statistics.mean(teacher), color="k", ls="--", lw=1, label="uncompressed")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("embedding compression (x)")
+    ax.set_ylabel("test BLEU after fine-tuning (beam 5)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+PLOTS: dict[str, Callable[[list[Run], Path], None]] = {"embed": plot_embed}
+
+
 def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
            aggregate: bool = False, out: Path | None = None, plot_file: Path | None = None,
            plot_metric: str = "valid.exact_match", command: str = "tdx report") -> str:
     runs = collect(paths)
     headers, rows = preset_table(runs, preset) if preset else generic_table(runs, aggregate)
     text = render(headers, rows, fmt)
-    if plot_file:
+    if plot_file and preset in PLOTS:
+        PLOTS[preset](runs, plot_file)
+    elif plot_file:
         split, _, metric = plot_metric.partition(".")
         plot(runs, plot_file, split, metric, PRESETS[preset][0] if preset else None)
     if out:

@@ -1,3 +1,4 @@
+import gzip
 import json
 import os
 import subprocess
@@ -17,6 +18,14 @@ TINY = ["data.train_size=300", "data.valid_size=40", "data.test_size=40", "data.
         "model.decoder_embed_dim=16", "model.decoder_hidden_size=32",
         "model.decoder_out_embed_dim=32", "trainer.max_update=20", "trainer.valid_every=10",
         "trainer.save_every=10", "trainer.log_every=5", "trainer.test_beam=2"]
+
+# A Multi30k model that trains in seconds on `small_multi30k` (the talk-mt/embed recipes).
+TINY_MT = ["+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32",
+           "+model.encoder_ffn_embed_dim=64", "+model.decoder_ffn_embed_dim=64",
+           "+model.encoder_attention_heads=2", "+model.decoder_attention_heads=2",
+           "data.spm_vocab=300", "data.max_tokens=600", "trainer.max_update=20",
+           "trainer.valid_every=10", "trainer.save_every=5", "trainer.average_last=2",
+           "trainer.log_every=5", "trainer.test_beam=2", "optim.warmup_updates=5"]
 
 
 def tdx(*args: str, cwd: Path, check: bool = False, timeout: int = 300,
@@ -43,3 +52,19 @@ def summary(run: Path) -> dict:
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def small_multi30k(tmp_path_factory) -> Path:
+    """The first lines of the real Multi30k files (train 400, val/test 24 pairs), gzipped
+    like the originals."""
+    from tdx.fairseq_data import read_lines
+
+    data = Path(os.environ["TDX_DATA_DIR"]) / "mt/multi30k"
+    raw = tmp_path_factory.mktemp("multi30k")
+    for stem, n in (("train", 400), ("val", 24), ("test_2016_flickr", 24)):
+        for lang in ("de", "en"):
+            lines = read_lines(data / f"{stem}.{lang}.gz")[:n]
+            with gzip.open(raw / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+    return raw

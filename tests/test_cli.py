@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from tdx.config import UsageError, check, compose, experiments
 
@@ -9,11 +10,17 @@ from .conftest import REPO, tdx
 
 
 @pytest.mark.parametrize("name", sorted(experiments()))
-def test_every_experiment_composes(name):
+def test_every_experiment_composes(name, tmp_path):
     cfg = compose(name)
     assert cfg.name and cfg.engine
     assert experiments()[name], f"{name} has no description"
-    check(name, [])
+    required = sorted(OmegaConf.missing_keys(cfg))  # values with no default (??? in YAML)
+    if required:
+        with pytest.raises(UsageError, match=required[0]):
+            check(name, [])
+    (tmp_path / "teacher.pt").touch()
+    examples = {"teacher": tmp_path / "teacher.pt"}
+    check(name, [f"{k}={examples[k]}" for k in required])
 
 
 def test_list_and_show(tmp_path):

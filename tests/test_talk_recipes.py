@@ -21,7 +21,7 @@ from tdx.fairseq_engine import PLUGIN_DIR
 from tdx.talk.models import TaLKConvLanguageModel, talkconv_lm_char
 from tdx.talk.module import TaLKConv
 
-from .conftest import summary, tdx
+from .conftest import TINY_MT, summary, tdx
 
 DATA = Path(os.environ["TDX_DATA_DIR"])
 MT_MODELS = ["talkconv_multi30k", "transformer_multi30k", "lightconv_multi30k",
@@ -33,19 +33,6 @@ def test_every_architecture_is_registered():
             "transformer_multi30k", "lightconv_multi30k", "dynamicconv_multi30k",
             "talkconv_lm", "talkconv_lm_wiki103", "talkconv_lm_char",
             "transformer_lm_char"} <= set(ARCH_MODEL_REGISTRY)
-
-
-@pytest.fixture(scope="module")
-def small_multi30k(tmp_path_factory) -> Path:
-    """The first lines of the real Multi30k files (train 400, val/test 24 pairs), gzipped
-    like the originals."""
-    raw = tmp_path_factory.mktemp("multi30k")
-    for stem, n in (("train", 400), ("val", 24), ("test_2016_flickr", 24)):
-        for lang in ("de", "en"):
-            lines = read_lines(DATA / "mt/multi30k" / f"{stem}.{lang}.gz")[:n]
-            with gzip.open(raw / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-    return raw
 
 
 STEMS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -105,14 +92,6 @@ def test_talk_lm_incremental_decoding_equals_full():
     state: dict = {}
     steps = [model.decoder(tokens[:, : t + 1], incremental_state=state)[0] for t in range(9)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
-
-
-TINY_MT = ["+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32",
-           "+model.encoder_ffn_embed_dim=64", "+model.decoder_ffn_embed_dim=64",
-           "+model.encoder_attention_heads=2", "+model.decoder_attention_heads=2",
-           "data.spm_vocab=300", "data.max_tokens=600", "trainer.max_update=20",
-           "trainer.valid_every=10", "trainer.save_every=5", "trainer.average_last=2",
-           "trainer.log_every=5", "trainer.test_beam=2", "optim.warmup_updates=5"]
 
 
 def test_every_mt_model_trains_20_updates_and_fairseq_generate_decodes(small_multi30k,

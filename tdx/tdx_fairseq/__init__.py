@@ -22,3 +22,7 @@ import tdx.attention.models  # noqa: E402,F401
 import tdx.language_modeling  # noqa: E402,F401
 import tdx.talk.models  # noqa: E402,F401
 import tdx.translation  # noqa: E402,F401
+
+# isort: split
+# last: embed makes `embcomp_` twins of the models registered above
+import tdx.embed.models  # noqa: E402,F401

@@ -1,0 +1,252 @@
+"""Compressed word embeddings that replace a shared input/output embedding E (V x d).
+
+Every compressor is an `nn.Module` with the interface fairseq's encoders and decoders use of
+an `nn.Embedding` (`forward(tokens)`, `num_embeddings`, `embedding_dim`, `padding_idx`,
+`weight`), plus `project(x)` for the tied output layer (logits = x E^T) and `init_from(E)`,
+which fits the compressed form to a trained E:
+
+- `LowRank`: E ~ U V, truncated SVD in closed form (Eckart-Young).
+- `Distilled`: E ~ ReLU(U) V (+ b), Distilled Embedding (Lioutas et al., Findings of EMNLP
+  2020, Sec. 3): the non-linearity on the narrow factor, initialised by minimising the
+  reconstruction error ||ReLU(U) V + b - E||^2 with Adam.
+- `GroupReduce`: the vocabulary split into frequency groups, each with its own low rank,
+  frequent words getting more rank (Chen et al., NeurIPS 2018, Sec. 3), initialised by a
+  frequency-weighted SVD per group.
+- `Quantized`: post-training uniform quantisation to 8 or 4 bits with one scale per row;
+  fine-tuning keeps float weights and trains through the rounding with a straight-through
+  estimator (quantisation-aware training).
+
+`size()` is the number of float32-equivalent parameters the compressed embedding stores
+(for quantisation: bits / 32 per entry plus the row scales), the figure compression rates
+are computed from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CompressedEmbedding(nn.Module):
+    """Common interface; subclasses define `weight` (the reconstructed V x d matrix)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = (
+            num_embeddings, embedding_dim, padding_idx)
+
+    @property
+    def weight(self) -> Tensor:  # (V, d)
+        raise NotImplementedError
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (...,) -> (..., d)
+        return F.embedding(tokens, self.weight, self.padding_idx)
+
+    def project(self, x: Tensor) -> Tensor:  # (..., d) -> (..., V), the tied output layer
+        return F.linear(x, self.weight)
+
+    def size(self) -> float:
+        return float(sum(p.numel() for p in self.parameters()))
+
+    @torch.no_grad()
+    def init_from(self, E: Tensor, counts: Tensor | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def reconstruction_error(self, E: Tensor) -> float:
+        """Mean squared error of the reconstruction against E."""
+        with torch.no_grad():
+            return float(F.mse_loss(self.weight, E))
+
+
+def rank_for_rate(num_embeddings: int, dim: int, rate: float, bias: bool = False) -> int:
+    """The largest rank r with V r + r d (+ d) <= V d / rate."""
+    budget = num_embeddings * dim / rate - (dim if bias else 0)
+    r = int(budget // (num_embeddings + dim))
+    if r < 1:
+        raise ValueError(f"compression {rate}x leaves no rank for a {num_embeddings} x {dim} "
+                         "embedding")
+    return r
+
+
+class LowRank(CompressedEmbedding):
+    """E ~ f(U) V (+ b) with U (V x r), V (r x d); f is the identity (SVD) or ReLU."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None,
+                 rank: int, relu: bool = False, bias: bool = False):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.rank, self.relu = rank, relu
+        self.U = nn.Parameter(torch.randn(num_embeddings, rank) / math.sqrt(rank))
+        self.V = nn.Parameter(torch.randn(rank, embedding_dim) / math.sqrt(rank))
+        self.b = nn.Parameter(torch.zeros(embedding_dim)) if bias else None
+
+    def code(self, U: Tensor) -> Tensor:
+        return F.relu(U) if self.relu else U
+
+    @property
+    def weight(self) -> Tensor:  # (V, d)
+        W = self.code(self.U) @ self.V
+        return W + self.b if self.b is not None else W
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (...,) -> (..., d)
+        x = self.code(F.embedding(tokens, self.U)) @ self.V  # (..., r) @ (r, d)
+        return x + self.b if self.b is not None else x
+
+    def project(self, x: Tensor) -> Tensor:  # (..., d) -> (..., V) without forming E
+        logits = F.linear(F.linear(x, self.V), self.code(self.U))  # (x V^T) f(U)^T
+        if self.b is not None:
+            logits = logits + (x @ self.b).unsqueeze(-1)
+        return logits
+
+    @torch.no_grad()
+    def init_svd(self, E: Tensor) -> None:
+        """Truncated SVD: U = P_r S_r^1/2, V = S_r^1/2 Q_r^T, the best rank-r fit."""
+        P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
+        root = S[: self.rank].sqrt()
+        self.U.copy_(P[:, : self.rank] * root)
+        self.V.copy_(root[:, None] * Qt[: self.rank])
+        if self.b is not None:
+            self.b.zero_()
+
+    def init_from(self, E: Tensor, counts: Tensor | None = None, steps: int = 2000,
+                  lr: float = 0.01) -> dict[str, float]:
+        """SVD in closed form; with ReLU, Adam on the mean squared reconstruction error
+        (full batch, `steps` updates) from the SVD factors split into positive and
+        negative parts, so that ReLU(U) V starts at the rank r/2 SVD."""
+        self.init_svd(E) if not self.relu else self._init_split(E)
+        before = self.reconstruction_error(E)
+        if self.relu:
+            opt = torch.optim.Adam(self.parameters(), lr=lr)
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.mse_loss(self.weight, E)
+                loss.backward()
+                opt.step()
+        return {"mse_init": before, "mse": self.reconstruction_error(E)}
+
+    @torch.no_grad()
+    def _init_split(self, E: Tensor) -> None:
+        """ReLU(U) V = P S Q^T at rank r/2 exactly: U = [A, -A], V = [B; -B] with A B the
+        SVD factors, since ReLU(a) - ReLU(-a) = a."""
+        half = max(1, self.rank // 2)
+        P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
+        A, B = P[:, :half] * S[:half].sqrt(), S[:half].sqrt()[:, None] * Qt[:half]
+        U, V = torch.zeros_like(self.U, dtype=torch.double), torch.zeros_like(
+            self.V, dtype=torch.double)
+        U[:, :half], U[:, half:2 * half] = A, -A
+        V[:half], V[half:2 * half] = B, -B
+        self.U.copy_(U)
+        self.V.copy_(V)
+        if self.b is not None:
+            self.b.zero_()
+
+
+class GroupReduce(CompressedEmbedding):
+    """Frequency-grouped low rank (Chen et al. 2018): words sorted by frequency into
+    `groups` equal blocks; block g has rank r_g, decreasing linearly from the most to the
+    least frequent block, so that the total size meets the same budget as one rank-r
+    factorisation."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None,
+                 rank: int, groups: int = 5):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        V, d = num_embeddings, embedding_dim
+        bounds = torch.linspace(0, V, groups + 1).round().long().tolist()
+        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        budget = rank * (V + d)
+        # ranks proportional to (groups - g): scale s with sum_g s (G-g) (n_g + d) = budget
+        weights = [groups - g for g in range(groups)]
+        scale = budget / sum(w * (n + d) for w, n in zip(weights, sizes, strict=True))
+        self.ranks = [max(1, int(w * scale)) for w in weights]
+        self.Us = nn.ParameterList(nn.Parameter(torch.randn(n, r) / math.sqrt(r))
+                                   for n, r in zip(sizes, self.ranks, strict=True))
+        self.Vs = nn.ParameterList(nn.Parameter(torch.randn(r, d) / math.sqrt(r))
+                                   for r in self.ranks)
+        # order[k] = the word in row k of the stacked blocks (most frequent first)
+        self.register_buffer("order", torch.arange(V))
+        self.register_buffer("inverse", torch.arange(V))
+
+    @property
+    def weight(self) -> Tensor:  # (V, d)
+        stacked = torch.cat([U @ V for U, V in zip(self.Us, self.Vs, strict=True)])
+        return stacked[self.inverse]
+
+    @torch.no_grad()
+    def init_from(self, E: Tensor, counts: Tensor | None = None) -> dict[str, float]:
+        """Sort by `counts`, then per block the SVD of diag(sqrt f) E_g, which minimises
+        the frequency-weighted error sum_i f_i ||E_i - U_i V||^2."""
+        counts = torch.ones(len(E)) if counts is None else counts.double()
+        order = torch.argsort(counts, descending=True, stable=True)
+        self.order.copy_(order)
+        self.inverse.copy_(torch.argsort(order))
+        start = 0
+        for U, V, r in zip(self.Us, self.Vs, self.ranks, strict=True):
+            rows = order[start:start + len(U)]
+            w = counts[rows].clamp(min=1.0).sqrt()[:, None]
+            P, S, Qt = torch.linalg.svd(w * E[rows].double(), full_matrices=False)
+            k = min(r, len(S))
+            U.zero_()
+            V.zero_()
+            U[:, :k] = P[:, :k] * S[:k] / w
+            V[:k] = Qt[:k]
+            start += len(U)
+        return {"mse": self.reconstruction_error(E)}
+
+
+class _RoundSTE(torch.autograd.Function):
+    """round() forward, identity backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd signature
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001 - autograd signature
+        return grad
+
+
+class Quantized(CompressedEmbedding):
+    """Symmetric uniform quantisation with one float scale per row: E_i ~ s_i q_i with
+    q_i integers in [-(2^(b-1) - 1), 2^(b-1) - 1] and s_i = max|E_i| / (2^(b-1) - 1)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None,
+                 bits: int = 8):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        if not 2 <= bits <= 16:
+            raise ValueError(f"bits must be 2..16, got {bits}")
+        self.bits, self.qmax = bits, 2 ** (bits - 1) - 1
+        self.latent = nn.Parameter(torch.randn(num_embeddings, embedding_dim) * 0.02)
+
+    @property
+    def weight(self) -> Tensor:  # (V, d), the de-quantised matrix
+        scale = self.latent.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / self.qmax
+        return _RoundSTE.apply(self.latent / scale).clamp(-self.qmax, self.qmax) * scale
+
+    def size(self) -> float:
+        return self.latent.numel() * self.bits / 32 + self.num_embeddings
+
+    @torch.no_grad()
+    def init_from(self, E: Tensor, counts: Tensor | None = None) -> dict[str, float]:
+        self.latent.copy_(E)
+        return {"mse": self.reconstruction_error(E)}
+
+
+METHODS = ("svd", "distilled", "groupreduce", "quant8", "quant4")
+
+
+def build(method: str, num_embeddings: int, dim: int, padding_idx: int | None,
+          rate: float = 8.0, rank: int = 0, bias: bool = False,
+          groups: int = 5) -> CompressedEmbedding:
+    """A compressor by name; `rank` (if > 0) wins over `rate` for the low-rank methods."""
+    if method in ("quant8", "quant4"):
+        return Quantized(num_embeddings, dim, padding_idx, bits=int(method[5:]))
+    if method not in METHODS:
+        raise ValueError(f"unknown embedding compressor {method!r}; choose from "
+                         f"{', '.join(METHODS)}")
+    r = rank or rank_for_rate(num_embeddings, dim, rate, bias=bias and method == "distilled")
+    if method == "groupreduce":
+        return GroupReduce(num_embeddings, dim, padding_idx, r, groups=groups)
+    return LowRank(num_embeddings, dim, padding_idx, r, relu=method == "distilled",
+                   bias=bias and method == "distilled")

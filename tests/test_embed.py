@@ -1,0 +1,131 @@
+"""Distilled Embedding (issue: embedding compression): the compressors, the KD loss, and
+the recipe end to end (teacher -> compressed model fitted to it -> 20 updates -> decode)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdx.embed.compress import GroupReduce, LowRank, Quantized, build, rank_for_rate
+from tdx.embed.models import word_kd
+
+from .conftest import TINY_MT, only_run, summary, tdx
+
+V, D = 120, 24
+
+
+@pytest.fixture
+def E() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(V, D) * 0.1
+
+
+@pytest.mark.parametrize("method,rate", [("svd", 4), ("distilled", 8), ("groupreduce", 4),
+                                         ("quant8", 4), ("quant4", 8)])
+def test_shapes_budget_and_tied_projection(method, rate, E):
+    emb = build(method, V, D, padding_idx=1, rate=rate)
+    emb.init_from(E, counts=torch.arange(V, 0, -1))
+    tokens = torch.randint(0, V, (3, 7))
+    out = emb(tokens)
+    assert out.shape == (3, 7, D)
+    torch.testing.assert_close(out, emb.weight[tokens])
+    x = torch.randn(3, 7, D)
+    torch.testing.assert_close(emb.project(x), x @ emb.weight.T, atol=1e-5, rtol=1e-5)
+    assert emb.weight.shape == (V, D)
+    if method.startswith("quant"):  # bits/32 per entry, plus one float scale per row
+        assert emb.size() == V * D / rate + V
+    else:
+        assert emb.size() <= V * D / rate
+
+
+def test_parameter_counts():
+    assert LowRank(V, D, 1, rank=5).size() == V * 5 + 5 * D
+    assert LowRank(V, D, 1, rank=5, relu=True, bias=True).size() == V * 5 + 5 * D + D
+    assert Quantized(V, D, 1, bits=4).size() == V * D * 4 / 32 + V
+    r = rank_for_rate(V, D, 8)
+    assert r == (V * D // 8) // (V + D)
+    g = GroupReduce(V, D, 1, rank=r, groups=4)
+    assert g.ranks == sorted(g.ranks, reverse=True) and len(set(g.ranks)) > 1
+    assert g.size() <= r * (V + D)
+
+
+def test_svd_at_full_rank_reproduces_E_and_is_the_best_fit(E):
+    full = LowRank(V, D, 1, rank=D)
+    full.init_from(E)
+    torch.testing.assert_close(full.weight, E, atol=1e-5, rtol=1e-5)
+    low = LowRank(V, D, 1, rank=4)
+    low.init_from(E)
+    S = torch.linalg.svdvals(E)
+    assert math.isclose(low.reconstruction_error(E), float((S[4:] ** 2).sum()) / E.numel(),
+                        rel_tol=1e-4)
+
+
+def test_distilled_reconstruction_init_lowers_the_error(E):
+    torch.manual_seed(0)
+    emb = LowRank(V, D, 1, rank=8, relu=True, bias=True)
+    random_error = emb.reconstruction_error(E)
+    fit = emb.init_from(E, steps=300, lr=0.01)
+    assert fit["mse"] < fit["mse_init"] < random_error
+    half = LowRank(V, D, 1, rank=4)
+    half.init_from(E)
+    assert math.isclose(fit["mse_init"], half.reconstruction_error(E), rel_tol=1e-4)
+
+
+def test_groupreduce_fits_frequent_words_better(E):
+    counts = torch.arange(V, 0, -1).float() ** 2
+    g = GroupReduce(V, D, 1, rank=6, groups=3)
+    g.init_from(E, counts)
+    err = (g.weight - E).pow(2).sum(1)
+    assert err[: V // 3].mean() < err[-V // 3:].mean()
+
+
+def test_quantisation_error_and_straight_through_gradient(E):
+    q8, q4 = Quantized(V, D, 1, bits=8), Quantized(V, D, 1, bits=4)
+    q8.init_from(E)
+    q4.init_from(E)
+    assert q8.reconstruction_error(E) < q4.reconstruction_error(E) < 1e-3
+    levels = (q4.weight / (q4.latent.abs().amax(1, keepdim=True) / 7)).detach()
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    q4.weight.sum().backward()
+    assert q4.latent.grad is not None and q4.latent.grad.abs().sum() > 0
+
+
+def test_word_kd_against_hand_computed_values():
+    s = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])
+    t = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1.0, 0.0]])  # the second position is padding
+    p = torch.tensor([math.e, 1.0]) / (math.e + 1)          # teacher at position 0
+    q = torch.tensor([1.0, math.e]) / (math.e + 1)          # student at position 0
+    expected = float((p * (p / q).log()).sum())
+    assert math.isclose(float(word_kd(s, t, mask, 1.0)), expected, rel_tol=1e-6)
+    tau = 2.0
+    pt, qt = F.softmax(t[0, 0] / tau, -1), F.softmax(s[0, 0] / tau, -1)
+    expected2 = float((pt * (pt / qt).log()).sum()) * tau ** 2
+    assert math.isclose(float(word_kd(s, t, mask, tau)), expected2, rel_tol=1e-6)
+
+
+def test_recipe_teacher_compress_finetune_decode(small_multi30k, tmp_path):
+    data = [f"data.raw_dir={small_multi30k}", f"data.data_path={tmp_path / 'bin'}"]
+    tdx("train", "talk-mt", "model=transformer_multi30k", *data, *TINY_MT,
+        "paths.runs_dir=teacher", cwd=tmp_path, check=True, timeout=600)
+    teacher = only_run(tmp_path / "teacher")
+    proc = tdx("train", "embed", f"teacher={teacher}", "model.embed_method=distilled",
+               "model.embed_rate=4", "model.embed_init_steps=50", "+model.embed_bias=true",
+               *data, *TINY_MT, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = summary(only_run(tmp_path / "runs"))
+    assert s["status"] == "completed", s
+    c = s["compression"]
+    assert c["embedding_params"] <= c["embedding_params_teacher"] / 4
+    assert c["model_params"] < c["model_params_teacher"]
+    assert c["mse"] < c["mse_init"]
+    assert {"bleu_beam2", "bleu_greedy"} <= set(s["initial"]) and "bleu_beam2" in s["final"]
+
+
+def test_embed_without_a_teacher_is_a_usage_error(tmp_path: Path):
+    proc = tdx("train", "embed", cwd=tmp_path)
+    assert proc.returncode == 2 and "teacher" in proc.stderr + proc.stdout
+    proc = tdx("train", "embed", f"teacher={tmp_path / 'nothere'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "nothere" in proc.stderr + proc.stdout
