@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk table-embed bench-talk-op bench-talk-model clean-runs
+.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam bench-talk-op bench-talk-model clean-runs
 
 install: $(STAMP)
 
@@ -63,18 +63,41 @@ table-talk: install
 	  --out results/talk_lm.md --plot results/talk_lm_curves.png --metric valid.loss_nats
 	cat results/talk_mt.md results/talk_lm.md > results/talk.md
 
-# Distilled Embedding: the teacher is the Transformer of the latest talk-mt sweep (or
-# EMBED_TEACHER=RUN_DIR); every compressor at 4/8/16/32x, fine-tuned on one budget.
-EMBED_TEACHER ?= $$(dirname $$(grep -l 'model=transformer_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1))
+# Distilled Embedding: the teacher is EMBED_TEACHER (a run folder), else the Transformer of
+# the latest talk-mt sweep, else one trained here on the talk-mt budget; then every
+# compressor at 4/8/16/32x, each fine-tuned for EMBED_UPDATES updates.
 EMBED_UPDATES ?= 300
 table-embed: install
-	$(BIN)/tdx train embed -m teacher=$(EMBED_TEACHER) trainer.max_update=$(EMBED_UPDATES) \
+	teacher="$${EMBED_TEACHER:-$$(grep -ls 'model=transformer_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1 | xargs -r dirname)}"; \
+	if [ -z "$$teacher" ]; then \
+	  teacher=runs/embed/teacher; \
+	  $(BIN)/tdx train talk-mt model=transformer_multi30k trainer.max_update=$(TALK_MT_UPDATES) \
+	    trainer.valid_every=100 trainer.save_every=50 hydra.run.dir=$$teacher || exit 1; \
+	fi; \
+	$(BIN)/tdx train embed -m teacher=$$teacher trainer.max_update=$(EMBED_UPDATES) \
 	  model.embed_method=svd,distilled,groupreduce model.embed_rate=4,8,16,32 \
-	  hydra.sweep.dir=runs/embed/table-lowrank || true
-	$(BIN)/tdx train embed -m teacher=$(EMBED_TEACHER) trainer.max_update=$(EMBED_UPDATES) \
-	  model.embed_method=quant8,quant4 hydra.sweep.dir=runs/embed/table-quant || true
+	  hydra.sweep.dir=runs/embed/table-lowrank; \
+	$(BIN)/tdx train embed -m teacher=$$teacher trainer.max_update=$(EMBED_UPDATES) \
+	  model.embed_method=quant8,quant4 hydra.sweep.dir=runs/embed/table-quant; \
 	$(BIN)/tdx report runs/embed/table-lowrank runs/embed/table-quant --table embed \
 	  --out results/embed.md --plot results/embed.png
+
+# Beyond the paper: Distilled Embedding on the TaLK model (teacher: the talkconv run of the
+# latest talk-mt sweep, or EMBED_TALK_TEACHER) -> results/embed_talk.md
+table-embed-talk: install
+	teacher="$${EMBED_TALK_TEACHER:-$$(grep -ls 'model=talkconv_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1 | xargs -r dirname)}"; \
+	[ -n "$$teacher" ] || { echo "no talk-mt run of talkconv_multi30k: make table-talk first"; exit 2; }; \
+	$(BIN)/tdx train embed -m teacher=$$teacher model=embcomp_talkconv_multi30k \
+	  trainer.max_update=$(EMBED_UPDATES) model.embed_rate=4,8,16,32 \
+	  hydra.sweep.dir=runs/embed/table-talk; \
+	$(BIN)/tdx report runs/embed/table-talk --table embed --out results/embed_talk.md
+
+# SR-NAM: every stage in one run folder (about an hour on 2 CPU cores at the defaults).
+table-srnam: install
+	$(BIN)/tdx train srnam || true
+	run=$$(ls -d runs/srnam/*/ | tail -n 1); \
+	$(BIN)/tdx report $$run --table srnam --out results/srnam.md && \
+	cp $$run/srnam_grid.png results/srnam_grid.png
 
 bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png

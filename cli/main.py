@@ -80,6 +80,7 @@ def train(
 ) -> None:
     """Compose conf/ with Hydra and train; one run folder per job under runs/."""
     from tdx.report import report
+    from tdx.run import read_json
     from tdx.train import launch, statuses
 
     folders = launch(experiment, list(overrides or []), multirun)
@@ -96,6 +97,8 @@ def train(
         out.print(f"  {s:<11} {folder}", highlight=False)
     if "interrupted" in st:
         raise typer.Exit(130)
+    if len(folders) == 1 and read_json(folders[0] / "summary.json").get("usage_error"):
+        raise typer.Exit(2)  # one job, stopped by bad input it found (message printed)
     if any(s != "completed" for s in st):
         raise typer.Exit(1)
 

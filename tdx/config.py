@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import tdx.conf
 
 CONF_DIR = Path(tdx.conf.__file__).resolve().parent
-ENGINES = ("fairseq",)
+ENGINES = ("fairseq", "loop")
 # ${abspath:rel} in configs: paths that end up inside checkpoints must not depend on cwd
 OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).resolve()), replace=True)
 

@@ -202,11 +202,60 @@ def _group(runs: list[Run], key: Callable[[Run], Any]) -> list[list[Run]]:
     return list(out.values())
 
 
+SR_METHODS = {"bicubic": "Bicubic", "srcnn_bicubic": "CNN (bicubic pairs)",
+              "srcnn_learned": "CNN (learned-D pairs)", "srnam_bicubic": "SR-NAM, bicubic D",
+              "srnam_learned": "SR-NAM, learned D"}
+
+
+def srnam_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """SR-NAM, Table 1-style: a row per method, PSNR/SSIM (SR-NAM: best of K) per set and
+    LR kind, then diversity and consistency (SR-NAM) and seconds per image."""
+    finals = [r.summary.get("final", {}) for r in runs]
+    sets = sorted({k.split("/")[0] for f in finals for k in f if k.count("/") == 2},
+                  key=lambda n: (len(n), n))
+    kinds = ("bicubic", "realistic")
+    headers = ["Method", *[f"{s} {k} LR PSNR / SSIM" for s in sets for k in kinds],
+               "Diversity (realistic)", "Consistency (realistic)", "Sec / image"]
+
+    def cell(key: str, digits: int) -> str:
+        vals = [f[key] for f in finals if key in f]
+        return mean_std(vals, digits=digits) if vals else "-"
+
+    rows = []
+    for m, label in SR_METHODS.items():
+        row = [label] + [f"{cell(f'{s}/{k}/{m}_psnr', 2)} / {cell(f'{s}/{k}/{m}_ssim', 4)}"
+                         for s in sets for k in kinds]
+        row += [" / ".join(cell(f"{s}/realistic/{m}_{x}", 2) for s in sets)
+                if m.startswith("srnam") else "-" for x in ("diversity", "consistency")]
+        row.append(" / ".join(cell(f"{s}/realistic/{m}_sec", 2) for s in sets))
+        rows.append(row)
+    return headers, rows
+
+
+def srnam_notes(runs: list[Run]) -> str:
+    f = runs[0].summary.get("final", {})
+    learned, bicubic = f.get("degradation/d_psnr_learned"), f.get("degradation/d_psnr_bicubic")
+    return ("\nSR-NAM: best of K candidates (mean of K in the run folder); diversity is the "
+            "mean per-pixel std across candidates and consistency the mean |D(candidate) - "
+            "LR|, both of 255, per set. Closeness to the hidden degradation, PSNR of a "
+            f"degradation's output against the hidden pipeline's LR of unseen T91 images: "
+            f"learned D {learned} dB, bicubic {bicubic} dB. G's best latent fit of held-out "
+            f"HR patches: {f.get('generator/fit_psnr')} dB.\n")
+
+
+CUSTOM_TABLES: dict[str, Callable[[list[Run]], tuple[list[str], list[list[str]]]]] = {
+    "srnam": srnam_table}
+NOTES: dict[str, Callable[[list[Run]], str]] = {"srnam": srnam_notes}
+
+
 def preset_table(runs: list[Run], name: str) -> tuple[list[str], list[list[str]]]:
-    if name not in PRESETS:
-        raise UsageError(f"Unknown table preset '{name}'. Presets: {', '.join(PRESETS)}.")
-    group_key, sort_key, columns = PRESETS[name]
+    if name not in PRESETS and name not in CUSTOM_TABLES:
+        raise UsageError(f"Unknown table preset '{name}'. Presets: "
+                         f"{', '.join([*PRESETS, *CUSTOM_TABLES])}.")
     done = [r for r in runs if r.summary.get("status") == "completed"]
+    if name in CUSTOM_TABLES:
+        return CUSTOM_TABLES[name](done)
+    group_key, sort_key, columns = PRESETS[name]
     groups = sorted(_group(done, lambda r: r.keys(group_key)),
                     key=lambda g: (g[0].keys(sort_key, 0), str(g[0].keys(group_key))))
     return [c.header for c in columns], [[c.value(g) for c in columns] for g in groups]
@@ -331,7 +380,9 @@ def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
             note = (f"\n{len(failed)} run(s) not completed and left out: "
                     + ", ".join(f"{r.path.name} ({r.summary.get('status')})" for r in failed)
                     + "\n") if failed and preset else ""
-            body = title + text + note + "\n" + stamp(runs, command)
+            done = [r for r in runs if r.summary.get("status") == "completed"]
+            extra = NOTES[preset](done) if preset in NOTES and done else ""
+            body = title + text + extra + note + "\n" + stamp(runs, command)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(body)
     return text

@@ -128,12 +128,15 @@ class RunDir:
             f.write(line + "\n")
             f.flush()
 
-    def truncate_metrics(self, step: int) -> None:
-        """Keep only lines with step <= `step` (used when resuming from a checkpoint)."""
+    def truncate_metrics(self, step: int, prefix: str = "") -> None:
+        """Keep only lines with step <= `step` (used when resuming from a checkpoint); with
+        `prefix`, only lines whose split starts with it are cut (one stage of several)."""
         if not self.metrics_path.exists():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
+        rows = [(ln, json.loads(ln)) for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip()]
+        keep = [ln for ln, r in rows
+                if r["step"] <= step or not r["split"].startswith(prefix)]
         atomic_write(self.metrics_path, "".join(ln + "\n" for ln in keep))
 
     # -- summary -----------------------------------------------------------------

@@ -28,6 +28,9 @@ def engine(name: str) -> Any:
     if name == "fairseq":
         from tdx.fairseq_engine import train
         return train
+    if name == "loop":
+        from tdx.loop import train
+        return train
     raise UsageError(f"unknown engine {name!r}")
 
 
@@ -48,8 +51,8 @@ def run_job(cfg: DictConfig) -> str:
         check_data(cfg)
         with catch_stop_signals() as stop:
             status = engine(cfg.engine)(cfg, run, stop)
-    except UsageError as e:
-        run.finish("failed", error=str(e))
+    except UsageError as e:  # bad input found inside the job (e.g. an unusable image)
+        run.finish("failed", error=str(e), usage_error=True)
         log.error("%s", e)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but say so
         run.finish("interrupted", error="aborted by a second Ctrl-C")
@@ -78,9 +81,9 @@ def resume_overrides(run_dir: Path) -> tuple[str, list[str]]:
     import yaml
 
     cfg_path, ov_path = run_dir / "config.yaml", run_dir / "overrides.yaml"
-    if not cfg_path.exists() or not (run_dir / "checkpoints" / "checkpoint_last.pt").exists():
+    if not cfg_path.exists() or not any((run_dir / "checkpoints").glob("*.pt")):
         raise UsageError(f"Cannot resume from '{run_dir}': it is not a run folder with a "
-                         "checkpoint (expected config.yaml and checkpoints/checkpoint_last.pt).")
+                         "checkpoint (expected config.yaml and checkpoints/*.pt).")
     overrides = yaml.safe_load(ov_path.read_text()) if ov_path.exists() else []
     experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")),
                       None)

@@ -1,0 +1,98 @@
+"""Networks of SR-NAM (Lioutas 2020, Sec. 3): the unconditional HR-patch generator G and
+its critic, the HR -> LR degradation network D, and the SRCNN-sized supervised baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> HR patch (N, 3, size, size) in [0, 1]: a linear map to a 4x4 grid,
+    then (nearest up-sampling x2, 3x3 conv, batch norm, ReLU) until `size` (DCGAN-style,
+    with resize-convolutions instead of transposed ones to avoid checkerboards)."""
+
+    def __init__(self, z_dim: int = 64, size: int = 32, width: int = 32):
+        super().__init__()
+        n_up = (size // 4).bit_length() - 1
+        if 4 * 2 ** n_up != size:
+            raise ValueError(f"patch size must be 4 * 2^k, got {size}")
+        self.z_dim, self.size = z_dim, size
+        chans = [width * 2 ** (n_up - i) for i in range(n_up + 1)]  # e.g. 256, 128, 64, 32
+        self.fc = nn.Linear(z_dim, chans[0] * 16)
+        self.norm0 = nn.BatchNorm2d(chans[0])
+        self.ups = nn.ModuleList(nn.Sequential(
+            nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b),
+            nn.ReLU()) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        self.out = nn.Conv2d(chans[-1], 3, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:  # (N, z_dim) -> (N, 3, S, S)
+        x = F.relu(self.norm0(self.fc(z).view(len(z), -1, 4, 4)))  # (N, C0, 4, 4)
+        for up in self.ups:
+            x = up(x)
+        return torch.sigmoid(self.out(x))
+
+
+class Critic(nn.Module):
+    """Spectrally normalised convolutional critic (Miyato et al. 2018) for the hinge loss."""
+
+    def __init__(self, size: int = 32, width: int = 32):
+        super().__init__()
+        layers, c = [], 3
+        for i in range((size // 4).bit_length() - 1):
+            layers += [spectral_norm(nn.Conv2d(c, width * 2 ** i, 3, padding=1)),
+                       nn.LeakyReLU(0.1),
+                       spectral_norm(nn.Conv2d(width * 2 ** i, width * 2 ** i, 4, 2, 1)),
+                       nn.LeakyReLU(0.1)]
+            c = width * 2 ** i
+        self.body = nn.Sequential(*layers)
+        self.head = spectral_norm(nn.Linear(c * 16, 1))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, 3, S, S) -> (N,)
+        return self.head(self.body(2 * x - 1).flatten(1)).squeeze(1)
+
+
+class Degradation(nn.Module):
+    """HR (N, 3, H, W) -> LR (N, 3, H/s, W/s): a learned blur-and-subsample (one
+    (4s, 4s) kernel per colour channel, stride s, reflect padding), initialised as a box
+    average, plus a small residual CNN at low resolution (noise/compression-like
+    effects), initialised to zero so D starts as a plain linear down-scaler."""
+
+    def __init__(self, scale: int = 4, width: int = 16):
+        super().__init__()
+        self.scale, k = scale, 4 * scale
+        self.kernel = nn.Parameter(torch.full((3, 1, k, k), 1.0 / k ** 2))
+        self.residual = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, 3, 3, padding=1))
+        nn.init.zeros_(self.residual[-1].weight)
+        nn.init.zeros_(self.residual[-1].bias)
+
+    def forward(self, hr: Tensor) -> Tensor:
+        s, k = self.scale, self.kernel.shape[-1]
+        h, w = hr.shape[-2] // s * s, hr.shape[-1] // s * s
+        pad = [(k - s) // 2, k - s - (k - s) // 2] * 2  # left, right, top, bottom
+        x = F.pad(hr[..., :h, :w], pad, mode="reflect")
+        lr = F.conv2d(x, self.kernel, stride=s, groups=3)  # (N, 3, h/s, w/s)
+        return lr + self.residual(lr)
+
+    def blur_kernel(self) -> Tensor:
+        """The learned linear kernel, averaged over colour channels, normalised: (k, k)."""
+        k = self.kernel.detach().mean(0)[0]
+        return k / k.sum()
+
+
+class SRCNN(nn.Module):
+    """SRCNN (Dong et al. 2014): 9x9 -> 64, 1x1 -> 32, 5x5 -> 3 on the bicubic-upsampled
+    image, here predicting the residual to the bicubic input (faster to train on CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 64, 9, padding=4), nn.ReLU(),
+                                  nn.Conv2d(64, 32, 1), nn.ReLU(),
+                                  nn.Conv2d(32, 3, 5, padding=2))
+
+    def forward(self, upsampled: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, 3, H, W)
+        return upsampled + self.body(upsampled)

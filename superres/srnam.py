@@ -1,0 +1,420 @@
+"""SR-NAM (Lioutas 2020): one-to-many x4 super-resolution by non-adversarial mapping with a
+learned degradation model, and the baselines it is compared with. The `srnam` recipe of
+the plain-PyTorch engine; stages (in order, any subset via `srnam.stages`):
+
+1. generator       G: z -> HR patch, a hinge-loss GAN on T91 patches (Sec. 3.1).
+2. degradation     D: HR -> LR learned NAM-style (Hoshen & Wolf 2018; SR-NAM Sec. 3.2): one
+                   latent code z_i per realistic LR patch y_i, codes and D optimised
+                   jointly on |D(G(z_i)) - y_i|_1 + a Laplacian-pyramid L1 term, G frozen.
+                   No HR image is paired with y_i. (VGG features, which the paper's
+                   perceptual distance uses, are not available offline: the pyramid L1
+                   replaces them.)
+3. srcnn_bicubic   the supervised baseline on bicubic T91 pairs,
+4. srcnn_learned   the same CNN on pairs made by the learned D (as Bulat et al. 2018 use a
+                   learned degradation).
+5. evaluate        Set5/Set14 x4 on the provided bicubic LR and on "realistic" LR made by a
+                   hidden degradation (`images.Degradation`): bicubic up-sampling, both
+                   CNNs, SR-NAM with the learned D and with a fixed bicubic D (Sec. 3.3:
+                   K latent codes per LR patch optimised with G and D frozen, candidates
+                   blended over overlapping patches).
+
+G and the CNNs see only the first `g_split` T91 images; the realistic LR patches D learns
+from come from the others, degraded by the hidden pipeline whose parameters no model sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from tdx.config import UsageError
+from tdx.loop import Stage, run_stage
+from tdx.run import RunDir, StopFlag
+from tdx.superres.images import (
+    Degradation,
+    ImageError,
+    bicubic_down_torch,
+    load_rgb,
+    quantize,
+    random_patches,
+    resize,
+    save_rgb,
+)
+from tdx.superres.metrics import one_to_many, psnr, ssim
+from tdx.superres.nets import SRCNN, Critic, Generator
+from tdx.superres.nets import Degradation as DegradationNet
+
+log = logging.getLogger("tdx")
+STAGES = ("generator", "degradation", "srcnn_bicubic", "srcnn_learned", "evaluate")
+USERS = {"generator": ("degradation", "evaluate"), "degradation": ("srcnn_learned", "evaluate"),
+         "srcnn_bicubic": ("evaluate",), "srcnn_learned": ("evaluate",)}  # who needs whose model
+
+
+# ------------------------------------------------------------------------- data
+
+def t91(cfg: DictConfig) -> tuple[list[Tensor], list[Tensor]]:
+    """(images for G and the CNNs, images whose degraded versions D learns from)."""
+    folder = Path(cfg.data.t91)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".bmp", ".png"))
+    if not files:
+        raise UsageError(f"no .bmp/.png images in {folder}")
+    try:
+        images = [load_rgb(p, min_size=cfg.srnam.srcnn.patch) for p in files]
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+    k = cfg.srnam.g_split
+    return images[:k], images[k:]
+
+
+def hidden(cfg: DictConfig, seed: int) -> Degradation:
+    h = cfg.srnam.hidden
+    return Degradation(scale=cfg.srnam.scale, sigma=tuple(h.sigma), noise=tuple(h.noise),
+                       jpeg=tuple(h.jpeg), seed=seed)
+
+
+def batch_gen(cfg: DictConfig, stage: str, i: int) -> torch.Generator:
+    """The random source of update i of a stage: resumed runs draw the same batches."""
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + STAGES.index(stage) * 7919 + i)
+
+
+# ----------------------------------------------------------------------- stage 1
+
+def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Tensor]
+                    ) -> Stage:
+    s = cfg.srnam.generator
+    C = Critic(cfg.srnam.patch, cfg.srnam.width)
+    opt_g = torch.optim.Adam(G.parameters(), lr=s.lr, betas=(0.0, 0.9))
+    opt_c = torch.optim.Adam(C.parameters(), lr=s.lr, betas=(0.0, 0.9))
+    held_out = random_patches(images, 64, cfg.srnam.patch, torch.Generator().manual_seed(12345))
+
+    def step(i: int) -> dict[str, float]:
+        G.train()
+        gen = batch_gen(cfg, "generator", i)
+        real = random_patches(images, s.batch, cfg.srnam.patch, gen)
+        z = torch.randn(s.batch, G.z_dim, generator=gen)
+        loss_c = F.relu(1 - C(real)).mean() + F.relu(1 + C(G(z).detach())).mean()  # hinge
+        opt_c.zero_grad()
+        loss_c.backward()
+        opt_c.step()
+        loss_g = -C(G(z)).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        return {"loss": float(loss_c + loss_g), "loss_c": float(loss_c),
+                "loss_g": float(loss_g)}
+
+    def evaluate(i: int) -> dict[str, float]:
+        """How well G can represent real patches it did not train on: PSNR of the best
+        latent fit of 64 held-out patches (the ceiling of SR-NAM), plus a sample grid."""
+        G.eval()
+        grid = G(torch.randn(64, G.z_dim, generator=torch.Generator().manual_seed(0)))
+        save_grid(grid.detach(), run.path / "samples" / f"generator_{i:06d}.png", cols=8)
+        fit = fit_codes(G, held_out, lambda x: x, steps=100, lr=0.05, prior=0.0,
+                        gen=torch.Generator().manual_seed(1))
+        mse = F.mse_loss(quantize(G(fit).detach()), held_out)
+        return {"fit_psnr": round(float(10 * torch.log10(1 / mse)), 3)}
+
+    return Stage("generator", s.steps, step, {"G": G, "C": C, "opt_g": opt_g, "opt_c": opt_c},
+                 evaluate, units=s.batch, unit_name="patches")
+
+
+# ----------------------------------------------------------------------- stage 2
+
+def laplacian_l1(a: Tensor, b: Tensor, levels: int = 3) -> Tensor:
+    """Sum over a Laplacian pyramid of the mean L1 between band-pass levels."""
+    loss = a.new_zeros(())
+    for _ in range(levels):
+        if min(a.shape[-2:]) < 2:
+            break
+        da, db = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        ua = F.interpolate(da, size=a.shape[-2:], mode="bilinear", align_corners=False)
+        ub = F.interpolate(db, size=b.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss + ((a - ua) - (b - ub)).abs().mean()
+        a, b = da, db
+    return loss + (a - b).abs().mean()
+
+
+def realistic_patches(cfg: DictConfig, images: list[Tensor], n: int) -> Tensor:
+    """n random LR patches of the hidden degradation of `images` (the camera's photos)."""
+    degrade = hidden(cfg, cfg.srnam.hidden.seed)
+    lrs = [degrade(img, i) for i, img in enumerate(images)]
+    p = cfg.srnam.patch // cfg.srnam.scale
+    return random_patches(lrs, n, p, torch.Generator().manual_seed(cfg.seed + 99))
+
+
+def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patches: Tensor,
+                      eval_images: list[Tensor]) -> Stage:
+    s = cfg.srnam.degradation
+    G.eval().requires_grad_(False)
+    Z = nn.Parameter(torch.randn(len(lr_patches), G.z_dim,
+                                 generator=torch.Generator().manual_seed(cfg.seed)))
+    opt = torch.optim.Adam([{"params": D.parameters(), "lr": s.lr},
+                            {"params": [Z], "lr": s.z_lr}])
+    camera = hidden(cfg, cfg.srnam.hidden.eval_seed)
+    targets = [camera(img, 10_000 + i) for i, img in enumerate(eval_images)]
+
+    def step(i: int) -> dict[str, float]:
+        idx = torch.randint(len(Z), (s.batch,), generator=batch_gen(cfg, "degradation", i))
+        y, z = lr_patches[idx], Z[idx]
+        out = D(G(z))
+        l1 = (out - y).abs().mean()
+        pyr = laplacian_l1(out, y)
+        loss = l1 + s.pyramid * pyr + s.prior * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss), "l1": float(l1), "pyramid": float(pyr)}
+
+    def evaluate(i: int) -> dict[str, float]:
+        return degradation_fidelity(D, eval_images, targets, cfg.srnam.scale)
+
+    return Stage("degradation", s.steps, step, {"D": D, "Z": Z, "opt": opt}, evaluate,
+                 units=s.batch, unit_name="patches")
+
+
+@torch.no_grad()
+def degradation_fidelity(D: nn.Module, hrs: list[Tensor], lrs: list[Tensor], scale: int
+                         ) -> dict[str, float]:
+    """How close a degradation is to the hidden one on images it never saw: PSNR (RGB,
+    of 255) of D(HR) and of bicubic(HR) against the hidden pipeline's LR of the same HR."""
+    def mean_psnr(fn: Any) -> float:
+        vals = []
+        for hr, lr in zip(hrs, lrs, strict=True):
+            out = fn(hr[None])[0][:, : lr.shape[1], : lr.shape[2]].clamp(0, 1)
+            vals.append(float(10 * torch.log10(1 / F.mse_loss(out, lr))))
+        return round(sum(vals) / len(vals), 3)
+    return {"d_psnr_learned": mean_psnr(D),
+            "d_psnr_bicubic": mean_psnr(lambda x: bicubic_down_torch(x, scale))}
+
+
+# ------------------------------------------------------------------- stages 3-4
+
+def upsample(lr: Tensor, scale: int) -> Tensor:
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def srcnn_stage(cfg: DictConfig, name: str, net: SRCNN, images: list[Tensor],
+                degrade: Any) -> Stage:
+    s, scale = cfg.srnam.srcnn, cfg.srnam.scale
+    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
+
+    def step(i: int) -> dict[str, float]:
+        hr = random_patches(images, s.batch, s.patch, batch_gen(cfg, name, i))
+        with torch.no_grad():
+            lr = quantize(degrade(hr).clamp(0, 1))
+        loss = F.mse_loss(net(upsample(lr, scale)), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss)}
+
+    return Stage(name, s.steps, step, {"net": net, "opt": opt}, units=s.batch,
+                 unit_name="patches")
+
+
+# --------------------------------------------------------------------- inference
+
+def fit_codes(G: Generator, targets: Tensor, degrade: Any, steps: int, lr: float,
+              prior: float, gen: torch.Generator, k: int = 1) -> Tensor:
+    """Latent codes z (k * N, z_dim) with degrade(G(z)) ~ targets (N, 3, p, p), G and the
+    degradation frozen: Adam on L1 + prior * |z|^2 (SR-NAM Sec. 3.3)."""
+    y = targets.repeat(k, 1, 1, 1)
+    z = torch.randn(len(y), G.z_dim, generator=gen).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    frozen = [p for p in G.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            loss = (degrade(G(z)) - y).abs().mean() + prior * z.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return z.detach()
+
+
+def _window(size: int) -> Tensor:
+    """Separable raised-cosine weights, positive everywhere, for blending patches."""
+    w = torch.sin(torch.pi * (torch.arange(size) + 0.5) / size) ** 2 + 1e-3
+    return torch.outer(w, w)
+
+
+def super_resolve(lr: Tensor, G: Generator, degrade: Any, cfg: DictConfig,
+                  gen: torch.Generator) -> list[Tensor]:
+    """K HR candidates (3, h*s, w*s) for an LR image (3, h, w): codes fitted per
+    overlapping LR patch, HR patches blended with a raised-cosine window."""
+    inf, s = cfg.srnam.infer, cfg.srnam.scale
+    p = cfg.srnam.patch // s
+    h, w = lr.shape[1:]
+    H = p + -(-max(h - p, 0) // inf.stride) * inf.stride  # padded so patches tile it
+    W = p + -(-max(w - p, 0) // inf.stride) * inf.stride
+    x = F.pad(lr[None], [0, W - w, 0, H - h], mode="replicate")
+    cols = F.unfold(x, p, stride=inf.stride)  # (1, 3 p p, P)
+    patches = cols[0].T.reshape(-1, 3, p, p)
+    z = fit_codes(G, patches, degrade, inf.steps, inf.lr, inf.prior, gen, k=inf.k)
+    with torch.no_grad():
+        hr = G(z).view(inf.k, len(patches), 3, p * s, p * s)
+    win = _window(p * s).reshape(1, -1).repeat(3, 1).reshape(-1)  # (3 ps ps), as unfold
+    fold = lambda cols: F.fold(cols[None], (H * s, W * s), p * s, stride=inf.stride * s)  # noqa: E731
+    den = fold(win[:, None].expand(-1, len(patches)))
+    return [(fold((cand.reshape(len(patches), -1) * win).T) / den)[0, :, : h * s, : w * s]
+            .clamp(0, 1) for cand in hr]
+
+
+# ---------------------------------------------------------------------- evaluate
+
+def eval_sets(cfg: DictConfig) -> dict[str, list[tuple[Tensor, Tensor]]]:
+    """{set: [(HR, provided bicubic LR)]} at the configured scale."""
+    out = {}
+    s = cfg.srnam.scale
+    for name in cfg.srnam.eval.sets:
+        folder = Path(cfg.data.sets) / name / f"x{s}"
+        hrs = sorted(folder.glob(f"*_SRF_{s}_HR.png"))
+        if not hrs:
+            raise UsageError(f"no *_SRF_{s}_HR.png images in {folder}")
+        n = cfg.srnam.eval.max_images or len(hrs)
+        try:
+            out[name] = [(load_rgb(p), load_rgb(Path(str(p).replace("_HR.png", "_LR.png"))))
+                         for p in hrs[:n]]
+        except ImageError as e:
+            raise UsageError(str(e)) from None
+    return out
+
+
+def evaluate(cfg: DictConfig, run: RunDir, G: Generator, D: DegradationNet,
+             cnns: dict[str, SRCNN]) -> dict[str, Any]:
+    """Every method on every set and LR kind; returns {set/kind/method/metric: value}."""
+    s, border = cfg.srnam.scale, cfg.srnam.scale
+    G.eval()
+    D.eval()
+    camera = hidden(cfg, cfg.srnam.hidden.eval_seed)
+    bicubic_d = lambda x: bicubic_down_torch(x, s)  # noqa: E731
+    final: dict[str, Any] = {}
+    grid_rows: list[list[Tensor]] = []
+    for set_name, pairs in eval_sets(cfg).items():
+        for kind in ("bicubic", "realistic"):
+            sums: dict[str, list[float]] = {}
+            for i, (hr, given_lr) in enumerate(pairs):
+                lr = given_lr if kind == "bicubic" else camera(hr, 20_000 + i)
+                gen = torch.Generator().manual_seed(cfg.seed * 31 + i)
+                rows = _score_image(cfg, hr, lr, G, D, bicubic_d, cnns, gen, border)
+                for key, v in rows.items():
+                    sums.setdefault(key, []).append(v)
+                if kind == "realistic" and i < cfg.srnam.eval.grid_images and \
+                        set_name == cfg.srnam.eval.sets[0]:
+                    grid_rows.append(_grid_row(cfg, hr, lr, G, D, gen))
+            for key, vals in sums.items():
+                final[f"{set_name}/{kind}/{key}"] = round(sum(vals) / len(vals), 4)
+            log.info("%s %s: %s", set_name, kind, {k: final[f"{set_name}/{kind}/{k}"]
+                                                   for k in sums if k.endswith("psnr")})
+    if grid_rows:
+        save_grid(torch.cat(grid_rows), run.path / "srnam_grid.png", cols=len(grid_rows[0]))
+    return final
+
+
+def _score_image(cfg: DictConfig, hr: Tensor, lr: Tensor, G: Generator, D: DegradationNet,
+                 bicubic_d: Any, cnns: dict[str, SRCNN], gen: torch.Generator,
+                 border: int) -> dict[str, float]:
+    s = cfg.srnam.scale
+    out: dict[str, float] = {}
+    size = (lr.shape[1] * s, lr.shape[2] * s)
+    hr = hr[:, : size[0], : size[1]]
+    t = time.perf_counter()
+    bic = quantize(resize(lr, size))
+    out.update(bicubic_psnr=psnr(bic, hr, border), bicubic_ssim=ssim(bic, hr, border),
+               bicubic_sec=time.perf_counter() - t)
+    for name, net in cnns.items():
+        t = time.perf_counter()
+        with torch.no_grad():
+            sr = quantize(net(upsample(lr[None], s))[0].clamp(0, 1))
+        out.update({f"{name}_psnr": psnr(sr, hr, border), f"{name}_ssim": ssim(sr, hr, border),
+                    f"{name}_sec": time.perf_counter() - t})
+    for name, degrade in (("srnam_learned", D), ("srnam_bicubic", bicubic_d)):
+        t = time.perf_counter()
+        cands = super_resolve(lr, G, degrade, cfg, gen)
+        sec = time.perf_counter() - t
+        m = one_to_many(cands, hr, lr, degrade, border)
+        out.update({f"{name}_psnr": m.pop("psnr_best"), f"{name}_ssim": m.pop("ssim_best"),
+                    **{f"{name}_{k}": v for k, v in m.items()}, f"{name}_sec": sec})
+    return out
+
+
+def _grid_row(cfg: DictConfig, hr: Tensor, lr: Tensor, G: Generator, D: DegradationNet,
+              gen: torch.Generator) -> Tensor:
+    """One row of the figure, on a central crop: LR (nearest), bicubic, the K learned-D
+    candidates, HR."""
+    s, c = cfg.srnam.scale, cfg.srnam.eval.grid_crop
+    h, w = lr.shape[1:]
+    top, left = max(0, (h - c // s) // 2), max(0, (w - c // s) // 2)
+    lr_c = lr[:, top:top + c // s, left:left + c // s]
+    hr_c = hr[:, top * s:top * s + c, left * s:left * s + c]
+    near = F.interpolate(lr_c[None], scale_factor=s, mode="nearest")[0]
+    bic = resize(lr_c, hr_c.shape[1:])
+    cands = super_resolve(lr_c, G, D, cfg, gen)
+    return torch.stack([near, bic, *cands, hr_c])
+
+
+def save_grid(images: Tensor, path: Path, cols: int) -> None:
+    """(N, 3, h, w) -> one image, `cols` per row, 2-pixel white gaps."""
+    n, _, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[:, r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = img
+    save_rgb(canvas, path)
+
+
+# ------------------------------------------------------------------------ recipe
+
+def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+    """The `srnam` recipe: the selected stages in order; returns the evaluation."""
+    sr = cfg.srnam
+    unknown = [s for s in sr.stages if s not in STAGES]
+    if unknown:
+        raise UsageError(f"unknown SR-NAM stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    if sr.init_from:  # finished stages of another run are reused, not retrained
+        for st in STAGES:
+            src = Path(sr.init_from) / "checkpoints" / f"{st}.pt"
+            dst = run_dir.ckpt_dir / f"{st}.pt"
+            if src.exists() and not dst.exists():
+                shutil.copyfile(src, dst)
+    g_images, camera_images = t91(cfg)
+    G = Generator(sr.z_dim, sr.patch, sr.width)
+    D = DegradationNet(sr.scale)
+    cnns = {"srcnn_bicubic": SRCNN(), "srcnn_learned": SRCNN()}
+    results: dict[str, Any] = {}
+
+    def need(stage: str) -> bool:
+        """A stage runs (or is loaded) if selected or if a needed stage uses its model."""
+        return stage in sr.stages or any(need(user) for user in USERS.get(stage, ()))
+
+    if need("generator"):
+        results["generator"] = run_stage(generator_stage(cfg, run_dir, G, g_images),
+                                         cfg, run_dir, stop)
+    if need("degradation"):
+        lr_patches = realistic_patches(cfg, camera_images, sr.degradation.patches)
+        results["degradation"] = run_stage(
+            degradation_stage(cfg, G, D, lr_patches, g_images[: sr.eval.d_images]),
+            cfg, run_dir, stop)
+    for name, degrade in (("srcnn_bicubic", lambda x: bicubic_down_torch(x, sr.scale)),
+                          ("srcnn_learned", D)):
+        if need(name):
+            D.eval()
+            results[name] = run_stage(srcnn_stage(cfg, name, cnns[name], g_images, degrade),
+                                      cfg, run_dir, stop)
+    final = {f"{k}/{m}": v for k, r in results.items() for m, v in r.items()}
+    if "evaluate" in sr.stages:
+        final.update(evaluate(cfg, run_dir, G, D, cnns))
+    return final

@@ -1,0 +1,152 @@
+"""The plain-PyTorch engine: one small training loop for every recipe that is not a
+fairseq sequence model (SR-NAM, zero-shot KD).
+
+A recipe is a function `run(cfg, run_dir, stop) -> status` named by `cfg.recipe`
+("module:function"). It builds its models and calls `run_stage` once per stage; this
+module owns what every stage needs: progress, metrics.jsonl lines (split "<stage>/train"
+and "<stage>/valid"), periodic evaluation, atomic checkpoints that carry the config,
+resume, Ctrl-C/SIGTERM and divergence.
+
+Checkpoints (`checkpoints/<stage>_last.pt` while a stage runs, `checkpoints/<stage>.pt`
+when it is done) hold only tensors, numbers and strings, so `torch.load` reads them with
+`weights_only=True`. A finished stage is loaded, not re-run, when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tdx.config import UsageError
+from tdx.progress import TrainProgress, fmt
+from tdx.run import RunDir, StopFlag
+
+log = logging.getLogger("tdx")
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class Interrupted(Exception):
+    """Raised by `run_stage` after it saved the stage on Ctrl-C / SIGTERM."""
+
+
+def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
+    """Engine entry point (`engine: loop`): call the recipe, map exceptions to statuses."""
+    module, _, name = str(cfg.recipe).partition(":")
+    try:
+        recipe = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"recipe '{cfg.recipe}' not found ({e}); it must be "
+                         "'package.module:function'.") from None
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    try:
+        final = recipe(cfg, run, stop)
+    except Interrupted:
+        run.finish("interrupted")
+        log.warning("interrupted; resume with resume=%s", run.path)
+        return "interrupted"
+    except Diverged as e:
+        run.finish("diverged", error=str(e))
+        return "diverged"
+    run.finish("completed", final=final)
+    return "completed"
+
+
+@dataclass
+class Stage:
+    """One training stage: `step(i)` makes update i (0-based) and returns its metrics
+    (with "loss"); `state` is everything to checkpoint (modules, optimisers, tensors)."""
+
+    name: str
+    steps: int
+    step: Callable[[int], dict[str, float]]
+    state: dict[str, Any]
+    evaluate: Callable[[int], dict[str, float]] | None = None
+    units: float = 1.0  # samples per update, for the throughput
+    unit_name: str = "samples"
+    extra: dict[str, Any] = field(default_factory=dict)  # saved with the stage (numbers)
+
+
+def _save(path: Path, stage: Stage, step: int, cfg: DictConfig) -> None:
+    blob = {"stage": stage.name, "step": step,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "state": {k: v.state_dict() if hasattr(v, "state_dict") else v
+                      for k, v in stage.state.items()},
+            "rng": torch.get_rng_state(), "extra": stage.extra}
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Load a stage checkpoint into `state` (in place); returns the checkpoint."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    for k, v in state.items():
+        if hasattr(v, "load_state_dict"):
+            v.load_state_dict(blob["state"][k])
+        elif isinstance(v, torch.Tensor):
+            v.data.copy_(blob["state"][k])
+    return blob
+
+
+def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dict[str, Any]:
+    """Train one stage to `stage.steps` updates (or load it if already done); returns its
+    last evaluation (or the last train metrics)."""
+    t = cfg.trainer
+    done, last = run.ckpt_dir / f"{stage.name}.pt", run.ckpt_dir / f"{stage.name}_last.pt"
+    if done.exists():
+        blob = load_state(done, stage.state)
+        stage.extra.update(blob.get("extra", {}))
+        log.info("stage %s: already trained, loaded %s", stage.name, done.name)
+        return blob["extra"].get("result", {})
+    start = 0
+    if last.exists():
+        blob = load_state(last, stage.state)
+        start = int(blob["step"])
+        torch.set_rng_state(blob["rng"])
+        stage.extra.update(blob.get("extra", {}))
+        run.truncate_metrics(start, prefix=f"{stage.name}/")
+        log.info("stage %s: resumed at update %d", stage.name, start)
+    bar = TrainProgress(stage.steps, start=start, log_every=t.log_every,
+                        description=stage.name)
+    result: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    i = start
+    try:
+        while i < stage.steps and not stop:
+            metrics = stage.step(i)
+            i += 1
+            loss = float(metrics.get("loss", 0.0))
+            if not math.isfinite(loss):
+                raise Diverged(f"stage {stage.name}: loss is {loss} at update {i}")
+            if i % t.log_every == 0:
+                run.log(i, f"{stage.name}/train", {k: round(float(v), 5)
+                                                   for k, v in metrics.items()})
+            bar.update(i, stage.units, stage.unit_name, loss=loss)
+            if stage.evaluate and (i % t.valid_every == 0 or i == stage.steps):
+                result = stage.evaluate(i)
+                run.log(i, f"{stage.name}/valid", result)
+                bar.message(f"[{stage.name}] update {i} " + fmt(result))
+            if i % t.save_every == 0 and i < stage.steps:
+                _save(last, stage, i, cfg)
+    finally:
+        bar.close()
+    if stop:
+        _save(last, stage, i, cfg)
+        raise Interrupted
+    stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}
+    _save(done, stage, i, cfg)
+    last.unlink(missing_ok=True)
+    return stage.extra["result"]

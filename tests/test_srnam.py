@@ -1,0 +1,163 @@
+"""SR-NAM (issue: super-resolution by non-adversarial mapping): metrics against known
+values, the networks' shapes, latent fitting, every stage for two updates, bad images,
+and Ctrl-C/resume of the plain-PyTorch engine."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tdx.superres.images import Degradation, ImageError, bicubic_down_torch, load_rgb, resize
+from tdx.superres.metrics import psnr, ssim
+from tdx.superres.nets import Degradation as DegradationNet
+from tdx.superres.nets import Generator
+from tdx.superres.srnam import fit_codes
+
+from .conftest import TDX, only_run, summary, tdx
+
+SR = Path(os.environ["TDX_DATA_DIR"]) / "sr"
+FAST = ["srnam.generator.steps=2", "srnam.degradation.steps=2", "srnam.degradation.patches=64",
+        "srnam.srcnn.steps=2", "srnam.infer.steps=2", "srnam.infer.k=2",
+        "srnam.eval.sets=[Set5]", "srnam.eval.max_images=1", "srnam.eval.grid_images=1",
+        "srnam.eval.d_images=2", "trainer.log_every=1", "trainer.valid_every=2",
+        "trainer.save_every=1"]
+
+
+def test_psnr_and_ssim_on_known_values():
+    torch.manual_seed(0)
+    hr = (torch.rand(3, 40, 40) * 200 + 20).round() / 255
+    assert psnr(hr, hr) == math.inf and ssim(hr, hr) == pytest.approx(1.0)
+    shifted = hr + 10 / 255  # Y moves by (65.481 + 128.553 + 24.966) * 10 / 255 everywhere
+    assert psnr(shifted, hr) == pytest.approx(20 * math.log10(255 / (219 * 10 / 255)))
+    # a uniform shift keeps the structure but lowers SSIM's luminance term only slightly
+    assert 0.95 < ssim(shifted, hr) < 1.0
+    assert ssim(torch.rand(3, 40, 40), hr) < 0.2
+
+
+def test_bicubic_x4_matches_the_published_figures():
+    """Set5 28.42 dB / 0.8104, Set14 26.00 dB / 0.7027 (bicubic x4, Y, border 4)."""
+    for name, ref_psnr, ref_ssim in (("Set5", 28.42, 0.8104), ("Set14", 26.00, 0.7027)):
+        ps, ss = [], []
+        for hr_path in sorted((SR / name / "x4").glob("*_HR.png")):
+            hr, lr = load_rgb(hr_path), load_rgb(Path(str(hr_path).replace("_HR", "_LR")))
+            sr = resize(lr, hr.shape[1:])
+            ps.append(psnr(sr, hr))
+            ss.append(ssim(sr, hr))
+        assert abs(sum(ps) / len(ps) - ref_psnr) < 0.1, (name, sum(ps) / len(ps))
+        assert abs(sum(ss) / len(ss) - ref_ssim) < 0.003, (name, sum(ss) / len(ss))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_degradation_net_shapes(scale):
+    D = DegradationNet(scale)
+    assert D(torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12, 10)
+    assert D(torch.rand(1, 3, 12 * scale + 1, 10 * scale)).shape == (1, 3, 12, 10)
+    # it starts as a box average: a constant image stays constant
+    torch.testing.assert_close(D(torch.full((1, 3, 8 * scale, 8 * scale), 0.3)),
+                               torch.full((1, 3, 8, 8), 0.3))
+
+
+def test_hidden_degradation_is_repeatable_and_x4():
+    hr = torch.rand(3, 64, 48)
+    cam = Degradation(seed=3)
+    a, b = cam(hr, 7), cam(hr, 7)
+    assert a.shape == (3, 16, 12) and torch.equal(a, b)
+    assert not torch.equal(a, cam(hr, 8))
+
+
+def test_latent_fitting_lowers_the_consistency_error():
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, size=16, width=8).eval()
+    with torch.no_grad():
+        target = bicubic_down_torch(G(torch.randn(6, 16)), 4)  # reachable LR patches
+    degrade = lambda x: bicubic_down_torch(x, 4)  # noqa: E731
+    gen = torch.Generator().manual_seed(1)
+    z0 = fit_codes(G, target, degrade, steps=0, lr=0.05, prior=0.0, gen=gen)
+    z = fit_codes(G, target, degrade, steps=60, lr=0.05, prior=0.0,
+                  gen=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = (degrade(G(z0)) - target).abs().mean()
+        after = (degrade(G(z)) - target).abs().mean()
+    assert after < 0.5 * before
+    assert all(p.requires_grad for p in G.parameters())  # G's flags are given back
+
+
+def test_every_stage_runs_two_updates(tmp_path):
+    proc = tdx("train", "srnam", *FAST, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = only_run(tmp_path / "runs")
+    s = summary(run)
+    assert s["status"] == "completed"
+    for st in ("generator", "degradation", "srcnn_bicubic", "srcnn_learned"):
+        assert (run / "checkpoints" / f"{st}.pt").exists()
+        assert torch.load(run / "checkpoints" / f"{st}.pt", weights_only=True)["config"]
+    f = s["final"]
+    for kind in ("bicubic", "realistic"):
+        for m in ("bicubic", "srcnn_bicubic", "srcnn_learned", "srnam_learned",
+                  "srnam_bicubic"):
+            assert f"Set5/{kind}/{m}_psnr" in f and f"Set5/{kind}/{m}_sec" in f
+        assert f[f"Set5/{kind}/srnam_learned_diversity"] > 0
+    assert (run / "srnam_grid.png").exists() and list((run / "samples").glob("*.png"))
+    # a later evaluation reuses the trained stages instead of training them again
+    proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
+               "paths.runs_dir=again", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "already trained" in proc.stdout + proc.stderr
+
+
+def _t91_with(tmp_path: Path, name: str, write) -> Path:  # noqa: ANN001
+    folder = tmp_path / "t91"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(folder / "a.bmp")
+    write(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("name,write,message", [
+    ("small.png", lambda p: Image.new("RGB", (20, 20)).save(p), "smaller than"),
+    ("cmyk.png", lambda p: Image.new("RGBA", (64, 64)).save(p), "not an 8-bit RGB"),
+    ("broken.png", lambda p: p.write_bytes(b"not a png"), "cannot read image"),
+])
+def test_bad_images_are_usage_errors(tmp_path, name, write, message):
+    folder = _t91_with(tmp_path, name, write)
+    with pytest.raises(ImageError, match=message):
+        load_rgb(folder / name, min_size=48)
+    proc = tdx("train", "srnam", *FAST, f"data.t91={folder}", "srnam.g_split=1",
+               "paths.runs_dir=runs", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_loop_engine_sigterm_then_resume(tmp_path):
+    slow = ["srnam.stages=[srcnn_bicubic]", "srnam.srcnn.steps=150", "srnam.srcnn.batch=4",
+            "srnam.srcnn.patch=24", "trainer.log_every=5", "trainer.save_every=1000",
+            "trainer.valid_every=1000"]
+    tdx("train", "srnam", *slow, "paths.runs_dir=ref", cwd=tmp_path, check=True)
+    proc = subprocess.Popen([TDX, "train", "srnam", *slow, "paths.runs_dir=cut"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list((tmp_path / "cut").rglob("metrics.jsonl"))
+        if found and sum(1 for _ in found[0].open()) >= 6:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    run = only_run(tmp_path / "cut")
+    assert summary(run)["status"] == "interrupted"
+    assert (run / "checkpoints" / "srcnn_bicubic_last.pt").exists()
+    res = tdx("train", "srnam", f"resume={run}", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert summary(run)["status"] == "completed"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(5, 151, 5))  # none lost or repeated
+    ref = (only_run(tmp_path / "ref") / "metrics.jsonl").read_text()
+    assert (run / "metrics.jsonl").read_text() == ref  # the same trajectory
