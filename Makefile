@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam bench-talk-op bench-talk-model clean-runs
+.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam bench-talk-op bench-talk-model bench-scaling clean-runs
 
 install: $(STAMP)
 
@@ -101,6 +101,9 @@ table-srnam: install
 
 bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
+
+bench-scaling: install  # results/scaling.{md,json} (issue: scale out)
+	$(BIN)/tdx bench scaling --json results/scaling.json --md results/scaling.md
 
 bench-talk-model: install  # results/talk_model.{md,json} (issue: TaLK models)
 	$(BIN)/tdx bench talk-model --json results/talk_model.json --md results/talk_model.md

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -43,7 +44,7 @@ def usage_errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            err.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -79,11 +80,14 @@ def train(
                                            help="one job per sweep point")] = False,
 ) -> None:
     """Compose conf/ with Hydra and train; one run folder per job under runs/."""
+    from tdx import distributed
     from tdx.report import report
     from tdx.run import read_json
     from tdx.train import launch, statuses
 
     folders = launch(experiment, list(overrides or []), multirun)
+    if not distributed.WORLD.master:  # a torchrun rank > 0: rank 0 reports
+        return
     if not folders:
         err.print("[red]no job wrote a run folder[/red]")
         raise typer.Exit(1)
@@ -94,7 +98,7 @@ def train(
         out.print(report(folders, fmt="md"), highlight=False, markup=False)
     st = statuses(folders)
     for folder, s in zip(folders, st, strict=True):
-        out.print(f"  {s:<11} {folder}", highlight=False)
+        out.print(f"  {s:<11} {escape(str(folder))}", highlight=False)
     if "interrupted" in st:
         raise typer.Exit(130)
     if len(folders) == 1 and read_json(folders[0] / "summary.json").get("usage_error"):
@@ -119,7 +123,7 @@ def run_table(folder: Path) -> Table:
     rows += [("error", s.get("error"))] if s.get("error") else []
     for k, v in rows:
         if v is not None:
-            table.add_row(f"[bold]{k}[/bold]", str(v))
+            table.add_row(f"[bold]{k}[/bold]", escape(str(v)))  # errors quote [paths]
     return table
 
 
@@ -287,6 +291,40 @@ def bench_talk_model(
     command = shlex.join(["tdx", "bench", "talk-model", *sys.argv[3:]])
     text = bench_model.to_markdown(res, command)
     out.print(text)
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text)
+
+
+@bench_app.command("scaling")
+@usage_errors
+def bench_scaling(
+    ranks: Annotated[int, typer.Option(help="ranks to compare with 1")] = 2,
+    updates: Annotated[int, typer.Option(help="updates per run")] = 40,
+    cases: Annotated[str, typer.Option(help="comma list: talk-mt, srnam-cnn")] =
+        "talk-mt,srnam-cnn",
+    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
+    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+) -> None:
+    """Data-parallel training throughput with 1 and N ranks, and the scaling efficiency."""
+    import json
+
+    from tdx import bench
+    from tdx.config import UsageError
+
+    chosen = tuple(c for c in cases.split(",") if c)
+    unknown = [c for c in chosen if c not in bench.CASES]
+    if unknown or ranks < 2 or updates < 10:
+        raise UsageError(f"Unknown case(s) {unknown}; choose from {', '.join(bench.CASES)}."
+                         if unknown else "--ranks must be >= 2 and --updates >= 10.")
+    res = bench.run_scaling(ranks, updates, chosen,
+                            progress=lambda m: err.print(m, highlight=False))
+    command = shlex.join(["tdx", "bench", "scaling", *sys.argv[3:]])
+    text = bench.to_markdown(res, command)
+    out.print(text, highlight=False, markup=False)
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")

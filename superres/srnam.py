@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from tdx import distributed
 from tdx.config import UsageError
 from tdx.loop import Stage, run_stage
 from tdx.run import RunDir, StopFlag
@@ -108,8 +109,8 @@ def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Ten
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-        return {"loss": float(loss_c + loss_g), "loss_c": float(loss_c),
-                "loss_g": float(loss_g)}
+        return {"loss": loss_c.item() + loss_g.item(), "loss_c": loss_c.item(),
+                "loss_g": loss_g.item()}
 
     def evaluate(i: int) -> dict[str, float]:
         """How well G can represent real patches it did not train on: PSNR of the best
@@ -171,7 +172,7 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": float(loss), "l1": float(l1), "pyramid": float(pyr)}
+        return {"loss": loss.item(), "l1": l1.item(), "pyramid": pyr.item()}
 
     def evaluate(i: int) -> dict[str, float]:
         return degradation_fidelity(D, eval_images, targets, cfg.srnam.scale)
@@ -203,20 +204,23 @@ def upsample(lr: Tensor, scale: int) -> Tensor:
 
 def srcnn_stage(cfg: DictConfig, name: str, net: SRCNN, images: list[Tensor],
                 degrade: Any) -> Stage:
+    """Data-parallel over the ranks: each draws the same global batch and trains on its
+    shard; DDP averages the gradients, so any number of ranks takes the same steps."""
     s, scale = cfg.srnam.srcnn, cfg.srnam.scale
+    model = distributed.wrap(net)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
 
     def step(i: int) -> dict[str, float]:
-        hr = random_patches(images, s.batch, s.patch, batch_gen(cfg, name, i))
+        hr = distributed.shard(random_patches(images, s.batch, s.patch, batch_gen(cfg, name, i)))
         with torch.no_grad():
             lr = quantize(degrade(hr).clamp(0, 1))
-        loss = F.mse_loss(net(upsample(lr, scale)), hr)
+        loss = F.mse_loss(model(upsample(lr, scale)), hr)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": float(loss)}
+        return {"loss": distributed.mean(loss.item())}
 
-    return Stage(name, s.steps, step, {"net": net, "opt": opt}, units=s.batch,
+    return Stage(name, s.steps, step, {"net": model, "opt": opt}, units=s.batch,
                  unit_name="patches")
 
 
@@ -415,6 +419,6 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
             results[name] = run_stage(srcnn_stage(cfg, name, cnns[name], g_images, degrade),
                                       cfg, run_dir, stop)
     final = {f"{k}/{m}": v for k, r in results.items() for m, v in r.items()}
-    if "evaluate" in sr.stages:
+    if "evaluate" in sr.stages and distributed.WORLD.master:
         final.update(evaluate(cfg, run_dir, G, D, cnns))
     return final

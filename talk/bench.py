@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tdx.bench import targets_and_provenance
+
 OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
 MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
           "system": {}}
@@ -267,14 +269,6 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         lines.append(f"| {T} | " + " | ".join("-" if r[n] is None else f"{r[n]:.3f}"
                                               for n, _, _ in RATIOS) + " |")
     return "\n".join(lines + targets_and_provenance(report, command))
-
-
-def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
-    """The closing markdown lines of a benchmark report: targets, command, commit, machine."""
-    m = report["machine"]
-    return ["", "Targets:", "", *[f"- {k}: {v}" for k, v in report["checks"].items()], "",
-            f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
-            f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, {report['date']}", ""]
 
 
 def plot(report: dict[str, Any], out: Path) -> None:

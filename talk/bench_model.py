@@ -188,7 +188,7 @@ def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
-    from tdx.talk.bench import targets_and_provenance
+    from tdx.bench import targets_and_provenance
 
     cfg, res = report["config"], report["results"]
     cell = lambda r, k: r.get("error", "?")[:30] if "error" in r else f"{r[k]:,.1f}"  # noqa: E731

@@ -149,6 +149,18 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
     if cfg.engine not in ENGINES:
         raise UsageError(f"Unknown engine '{cfg.engine}'.{_close(cfg.engine, ENGINES)} "
                          f"Engines: {', '.join(ENGINES)}.")
+    if cfg.get("device", "cpu") not in ("cpu", "cuda"):
+        raise UsageError(f"device={cfg.device}: use cpu or cuda.")
+    if cfg.get("device") == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("device=cuda, but torch sees no CUDA GPU on this machine.")
+        if cfg.engine != "fairseq":
+            raise UsageError(f"device=cuda runs fairseq models; '{name}' (engine "
+                             f"{cfg.engine}) runs on the CPU.")
+    if cfg.distributed.backend not in ("gloo", "nccl"):
+        raise UsageError(f"distributed.backend={cfg.distributed.backend}: use gloo (CPU) or "
+                         "nccl (GPUs).")
     if cfg.engine == "fairseq":
         from tdx.fairseq_engine import fairseq_argv, parse_fairseq
         parse_fairseq(fairseq_argv(cfg, Path("checkpoints")))

@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import shutil
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
@@ -27,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tdx.config import UsageError
+from tdx.distributed import WORLD, any_rank, checksum, gather
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag, read_json
 from tdx.seqeval import evaluate_generation
@@ -66,9 +68,13 @@ def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
     if cfg.get("teacher"):
         options["teacher_path"] = str(teacher_checkpoint(Path(cfg.teacher)))
     options.update(
-        user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=True, num_workers=0,
+        user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=cfg.get("device", "cpu") == "cpu",
+        device_id=WORLD.local_rank, num_workers=0,
         max_update=t.max_update, save_dir=str(save_dir), no_progress_bar=True,
-        log_format="none", disable_validation=True)
+        log_format="none", disable_validation=True, update_freq=t.get("update_freq", 1))
+    if WORLD.size > 1:  # fairseq's own data parallelism over the group tdx.distributed made
+        options.update(distributed_world_size=WORLD.size, distributed_rank=WORLD.rank,
+                       distributed_backend=cfg.distributed.backend, ddp_backend="legacy_ddp")
     return positional + to_argv(options)
 
 
@@ -142,6 +148,7 @@ class Diverged(RuntimeError):
 def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     """Train, validate and test one fairseq model; returns the final status."""
     from fairseq import tasks, utils
+    from fairseq.data.iterators import GroupedIterator
     from fairseq.trainer import Trainer
 
     warnings.filterwarnings(  # known, harmless, once per batch otherwise
@@ -179,17 +186,24 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         run.truncate_metrics(trainer.get_num_updates())
     epoch_itr = trainer.get_train_iterator(epoch=extra.get("train_iterator", {}).get("epoch", 1))
     if "train_iterator" in extra:
-        epoch_itr.load_state_dict(extra["train_iterator"])
+        state = dict(extra["train_iterator"])
+        saved_world = extra.get("tdx_world_size", 1)
+        if saved_world != WORLD.size:  # batches are dealt round-robin to the ranks
+            state["iterations_in_epoch"] = (state.get("iterations_in_epoch", 0)
+                                            * saved_world // WORLD.size)
+            log.info("resuming a %d-rank checkpoint with %d rank(s)", saved_world, WORLD.size)
+        epoch_itr.load_state_dict(state)
     best: dict[str, Any] = extra.get("tdx_best", {})
     key, mode = t.best_metric, t.best_mode
     run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
     log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
 
     def save(path: Path = last) -> None:
-        state = {"train_iterator": epoch_itr.state_dict(), "tdx_best": best}
+        state = {"train_iterator": epoch_itr.state_dict(), "tdx_best": best,
+                 "tdx_world_size": WORLD.size}
         trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
-        trainer.save_checkpoint(str(path), state)  # fairseq writes .tmp then renames
-        if path == last and t.average_last:  # numbered copies for averaging: keep N
+        trainer.save_checkpoint(str(path), state)  # rank 0 writes .tmp then renames
+        if WORLD.master and path == last and t.average_last:  # numbered copies: keep N
             numbered = run.ckpt_dir / f"checkpoint{step}.pt"
             shutil.copyfile(path, numbered.with_suffix(".pt.tmp"))
             numbered.with_suffix(".pt.tmp").replace(numbered)
@@ -198,15 +212,17 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
 
     def validate(step: int) -> dict[str, Any]:
         scores: dict[str, Any] = {}
-        if t.valid_generate:
+        if t.valid_generate and WORLD.master:  # decoding: rank 0 alone
             scores = evaluate_generation(task, [trainer.model], "valid", beam=1,
                                          max_sentences=t.valid_max_sentences,
                                          batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
                                          max_len_b=t.max_len_b)
             scores.pop("sent_per_s")
             scores.pop("bleu_signature")
-        scores["loss"] = valid_loss(trainer, task)  # base 2, per target token
+        scores["loss"] = valid_loss(trainer, task)  # base 2, per target token (all ranks)
         scores["loss_nats"] = round(scores["loss"] * math.log(2), 4)
+        if not WORLD.master:
+            return scores
         run.log(step, "valid", scores)
         better = not best or (scores[key] > best[key] if mode == "max" else
                               scores[key] < best[key])
@@ -228,9 +244,9 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     status = "completed"
     try:
         while step < t.max_update and not stop:
-            itr = epoch_itr.next_epoch_itr(shuffle=True)
-            for sample in itr:
-                out = trainer.train_step([sample])
+            itr = GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), t.get("update_freq", 1))
+            for samples in itr:
+                out = trainer.train_step(samples)
                 if out is None:  # OOM-skipped batch
                     continue
                 step = trainer.get_num_updates()
@@ -241,12 +257,15 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
                     run.log(step, "train", {"loss": round(loss, 4),
                                             "nll_loss": round(float(out.get("nll_loss", loss)), 4),
                                             "lr": trainer.get_lr(), "epoch": epoch_itr.epoch})
-                bar.update(step, float(sample["ntokens"]), "tok", loss=loss)
+                tokens = float(out.get("wpb", sum(x["ntokens"] for x in samples)))  # all ranks
+                bar.update(step, tokens, "tok", loss=loss)
                 if step % t.valid_every == 0 or step >= t.max_update:
                     scores = validate(step)
                     bar.message(f"[valid] step {step} " + fmt(scores))
                 if step % t.save_every == 0 or step >= t.max_update:
                     save()
+                if any_rank(bool(stop)):  # every rank stops at the same update
+                    stop.signum = stop.signum or signal.SIGTERM
                 if step >= t.max_update or stop:
                     break
             if not itr.has_next() and step < t.max_update:
@@ -263,6 +282,8 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     finally:
         bar.close()
 
+    sums = gather(checksum(trainer.get_model()))
+    run.update(param_checksums=sums)  # one per rank: equal if the ranks stayed in step
     if stop and status == "completed":
         save()
         run.finish("interrupted", step=step, best=best, rate_tok_s=round(bar.rate))
@@ -272,7 +293,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         run.finish("diverged", step=step, best=best)
         return status
 
-    final = test(cfg, task, trainer, run)
+    final = test(cfg, task, trainer, run) if WORLD.master else {}
     run.finish("completed", step=step, best=best, final=final, rate_tok_s=round(bar.rate))
     return status
 
@@ -299,9 +320,9 @@ def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any
         torch.save(average_checkpoints([str(p) for p in saved]), tmp)
         tmp.replace(chosen)
         run.update(tested=f"average of {', '.join(p.name for p in saved)}")
-    if chosen.exists():
-        trainer.load_checkpoint(str(chosen), reset_optimizer=True, reset_lr_scheduler=True,
-                                reset_meters=True)
+    if chosen.exists():  # the weights only: no collective, rank 0 tests alone
+        state = torch.load(chosen, map_location="cpu")
+        trainer.get_model().load_state_dict(state["model"], strict=True)
     final = score(cfg, task, trainer.model)
     run.update(bleu_signature=final.pop("bleu_signature", None))
     run.log(trainer.get_num_updates(), "test", {k: v for k, v in final.items()
@@ -327,7 +348,10 @@ def score(cfg: DictConfig, task: Any, model: Any) -> dict[str, Any]:
 
 def valid_loss(trainer: Any, task: Any) -> float:
     """Teacher-forced validation loss (fairseq criterion, base 2)."""
-    itr = trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False)
+    # uncached: fairseq caches one iterator per dataset, and the decoding on rank 0 must
+    # not hand its unsharded one to this (sharded, collective) pass
+    itr = trainer.get_valid_iterator("valid", disable_iterator_cache=True).next_epoch_itr(
+        shuffle=False)
     total, n = 0.0, 0.0
     for sample in itr:
         out = trainer.valid_step(sample)

@@ -8,6 +8,7 @@ from pathlib import Path
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
+from tdx.distributed import rank_zero_first
 from tdx.lm_data import prepare
 
 
@@ -32,5 +33,6 @@ class TdxLanguageModelingTask(LanguageModelingTask):
             files = {"train": Path(cfg.raw_train)}
             if cfg.raw_level == "word":
                 files.update(valid=Path(cfg.raw_valid), test=Path(cfg.raw_test))
-            prepare(Path(cfg.data.split(":")[0]), cfg.raw_level, files, cfg.train_fraction)
+            with rank_zero_first():  # one rank prepares, the others find it cached
+                prepare(Path(cfg.data.split(":")[0]), cfg.raw_level, files, cfg.train_fraction)
         return super().setup_task(cfg, **kwargs)

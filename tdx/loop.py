@@ -18,6 +18,7 @@ import importlib
 import logging
 import math
 import random
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from tdx.config import UsageError
+from tdx.distributed import WORLD, any_rank, checksum, gather, unwrap
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag
 
@@ -80,9 +83,13 @@ class Stage:
 
 
 def _save(path: Path, stage: Stage, step: int, cfg: DictConfig) -> None:
+    """Rank 0 writes; a DDP-wrapped module is saved unwrapped, so any number of ranks
+    can load it."""
+    if not WORLD.master:
+        return
     blob = {"stage": stage.name, "step": step,
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "state": {k: v.state_dict() if hasattr(v, "state_dict") else v
+            "state": {k: unwrap(v).state_dict() if hasattr(v, "state_dict") else v
                       for k, v in stage.state.items()},
             "rng": torch.get_rng_state(), "extra": stage.extra}
     tmp = path.with_suffix(".pt.tmp")
@@ -94,7 +101,9 @@ def load_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Load a stage checkpoint into `state` (in place); returns the checkpoint."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     for k, v in state.items():
-        if hasattr(v, "load_state_dict"):
+        if isinstance(v, nn.Module):
+            unwrap(v).load_state_dict(blob["state"][k])
+        elif hasattr(v, "load_state_dict"):
             v.load_state_dict(blob["state"][k])
         elif isinstance(v, torch.Tensor):
             v.data.copy_(blob["state"][k])
@@ -135,18 +144,24 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
                 run.log(i, f"{stage.name}/train", {k: round(float(v), 5)
                                                    for k, v in metrics.items()})
             bar.update(i, stage.units, stage.unit_name, loss=loss)
-            if stage.evaluate and (i % t.valid_every == 0 or i == stage.steps):
+            if stage.evaluate and WORLD.master and (i % t.valid_every == 0 or i == stage.steps):
                 result = stage.evaluate(i)
                 run.log(i, f"{stage.name}/valid", result)
                 bar.message(f"[{stage.name}] update {i} " + fmt(result))
             if i % t.save_every == 0 and i < stage.steps:
                 _save(last, stage, i, cfg)
+            if any_rank(bool(stop)):  # every rank stops after the same update
+                stop.signum = stop.signum or signal.SIGTERM
     finally:
         bar.close()
     if stop:
         _save(last, stage, i, cfg)
         raise Interrupted
     stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}
+    modules = [v for v in stage.state.values() if isinstance(v, nn.Module)]
+    sums = gather(";".join(checksum(m) for m in modules))
+    run.update(param_checksums={**run.summary.get("param_checksums", {}), stage.name: sums},
+               rates={**run.summary.get("rates", {}), stage.name: round(bar.rate, 1)})
     _save(done, stage, i, cfg)
     last.unlink(missing_ok=True)
     return stage.extra["result"]

@@ -104,10 +104,12 @@ def package_versions() -> dict[str, str]:
 
 
 class RunDir:
-    """A run folder being written by one training process (rank 0)."""
+    """A run folder being written by one training process (rank 0). Other ranks hold one
+    with `writer=False`: the same paths, and every write a no-op."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
         self.ckpt_dir = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
@@ -118,11 +120,15 @@ class RunDir:
 
     # -- config ------------------------------------------------------------------
     def write_config(self, config: dict, overrides: list[str]) -> None:
+        if not self.writer:
+            return
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         atomic_write(self.path / "overrides.yaml", yaml.safe_dump(list(overrides)))
 
     # -- metrics -----------------------------------------------------------------
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         line = json.dumps({"step": step, "split": split, "metrics": _clean(metrics)})
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
@@ -131,7 +137,7 @@ class RunDir:
     def truncate_metrics(self, step: int, prefix: str = "") -> None:
         """Keep only lines with step <= `step` (used when resuming from a checkpoint); with
         `prefix`, only lines whose split starts with it are cut (one stage of several)."""
-        if not self.metrics_path.exists():
+        if not self.writer or not self.metrics_path.exists():
             return
         rows = [(ln, json.loads(ln)) for ln in self.metrics_path.read_text().splitlines()
                 if ln.strip()]
@@ -154,6 +160,11 @@ class RunDir:
         self._wall0 = self.summary["wall_time_s"]
         self.flush()
 
+    def attach(self) -> None:
+        """Continue the summary another process of the same job started."""
+        self.summary = read_json(self.summary_path)
+        self._wall0 = self.summary.get("wall_time_s", 0.0)
+
     def update(self, **fields: Any) -> None:
         self.summary.update(fields)
         self.flush()
@@ -164,6 +175,8 @@ class RunDir:
         self.flush()
 
     def flush(self) -> None:
+        if not self.writer:
+            return
         self.summary["wall_time_s"] = round(self._wall0 + time.time() - self.t0, 2) \
             if hasattr(self, "_wall0") else 0.0
         atomic_write(self.summary_path, json.dumps(_clean(self.summary), indent=2) + "\n")

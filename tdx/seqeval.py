@@ -46,8 +46,8 @@ def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
                                                             max_len_b=max_len_b))
     dataset = task.dataset(split)
     itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size,
-                                  ignore_invalid_inputs=False, seed=1).next_epoch_itr(
-        shuffle=False)
+                                  ignore_invalid_inputs=False, seed=1,
+                                  disable_iterator_cache=True).next_epoch_itr(shuffle=False)
     tgt_dict = task.target_dictionary
     decode = getattr(task, "decode_tokens", None) or tgt_dict.string
     reference = getattr(task, "reference_text", lambda split, i: None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tdx import distributed
 from tdx.config import CONF_DIR, UsageError, check, check_data
 from tdx.run import RunDir, catch_stop_signals, read_json
 
@@ -39,7 +40,10 @@ def run_job(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    run = RunDir(hc.runtime.output_dir)
+    if not distributed.WORLD.master:  # under torchrun: rank 0 alone logs and writes
+        logging.getLogger().setLevel(logging.WARNING)
+    run = RunDir(hc.runtime.output_dir, writer=distributed.WORLD.master)
+    share_cores(hc)
     overrides = [o for o in hc.overrides.task if not o.startswith("resume=")]
     if not cfg.resume:
         run.write_config(OmegaConf.to_container(cfg, resolve=True), overrides)
@@ -49,6 +53,9 @@ def run_job(cfg: DictConfig) -> str:
     status = "failed"
     try:
         check_data(cfg)
+        if cfg.distributed.world_size > 1 and not distributed.under_torchrun():
+            return run_ranks(cfg, run)
+        run.update(world_size=distributed.WORLD.size)
         with catch_stop_signals() as stop:
             status = engine(cfg.engine)(cfg, run, stop)
     except UsageError as e:  # bad input found inside the job (e.g. an unusable image)
@@ -61,6 +68,89 @@ def run_job(cfg: DictConfig) -> str:
         run.finish("failed", error=f"{type(e).__name__}: {e}")
         log.exception("job failed")
     return status
+
+
+def share_cores(hc: Any) -> None:
+    """Jobs of a local parallel sweep (joblib) split the CPU cores between them."""
+    import torch
+
+    if "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")).lower():
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=-1) or -1)
+    torch.set_num_threads(max(1, cores // (cores if n_jobs < 1 else min(n_jobs, cores))))
+
+
+def run_ranks(cfg: DictConfig, run: RunDir) -> str:
+    """Start this machine's ranks of a data-parallel job, wait, and record a dead rank."""
+    d = cfg.distributed
+    if d.world_size % d.nnodes:
+        raise UsageError(f"distributed.world_size={d.world_size} is not a multiple of "
+                         f"distributed.nnodes={d.nnodes}.")
+    if d.nnodes > 1 and not d.master_port:
+        raise UsageError("several machines need one distributed.master_port, the same on "
+                         "each (and distributed.master_addr: the node_rank 0 machine).")
+    port = d.master_port or free_port()
+    nproc = d.world_size // d.nnodes
+    run.update(world_size=int(d.world_size), nnodes=int(d.nnodes))
+    log.info("starting %d ranks (%d per machine, %d threads each, %s)", d.world_size, nproc,
+             distributed.threads_per_rank(nproc), d.backend)
+    error = distributed.launch(
+        rank_worker, (OmegaConf.to_container(cfg, resolve=True), str(run.path),
+                      f"tcp://{d.master_addr}:{port}"), nproc)
+    run.attach()
+    if d.node_rank > 0:  # this machine's launcher: rank 0's machine has the metrics
+        run.finish("failed" if error else "completed", error=error,
+                   note=f"ranks of node {d.node_rank}; the metrics are on node 0")
+        return run.summary["status"]
+    if error:
+        run.finish("failed", error=f"distributed job stopped: {error}")
+        log.error("distributed job stopped: %s", error)
+        return "failed"
+    return run.summary.get("status", "failed")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def rank_worker(local_rank: int, cfg_dict: dict, run_path: str, init_method: str) -> None:
+    """One rank of a job `run_ranks` started (a fresh process): join the group, train,
+    and on rank 0 keep writing the run folder the launcher opened."""
+    import faulthandler
+    import signal
+
+    import torch
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is stuck
+    cfg = OmegaConf.create(cfg_dict)
+    d = cfg.distributed
+    nproc = d.world_size // d.nnodes
+    rank = d.node_rank * nproc + local_rank
+    torch.set_num_threads(distributed.threads_per_rank(nproc))
+    if cfg.get("device") == "cuda":
+        torch.cuda.set_device(local_rank)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[%(asctime)s][rank {rank}][%(levelname)s] %(message)s")
+    if rank == 0:
+        handler = logging.FileHandler(Path(run_path) / "train.log")
+        handler.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().addHandler(handler)
+    distributed.init(rank, d.world_size, local_rank, d.backend, init_method, d.timeout_s)
+    run = RunDir(run_path, writer=rank == 0)
+    run.attach()
+    try:
+        with catch_stop_signals() as stop:
+            engine(cfg.engine)(cfg, run, stop)
+    except BaseException as e:
+        run.finish("failed", error=f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+    finally:
+        distributed.shutdown()
 
 
 def _hydra_main(argv: list[str]) -> None:
@@ -101,13 +191,18 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
         if original and original != experiment:
             raise UsageError(f"'{run_dir}' is a run of '{original}', not '{experiment}'.")
         others = [o for o in overrides if not o.startswith("resume=")]
-        overrides = [*previous, *others, f"resume={run_dir}"]
+        changed = {o.split("=", 1)[0].lstrip("+~") for o in others}  # new values win
+        kept = [o for o in previous if o.split("=", 1)[0].lstrip("+~") not in changed]
+        overrides = [*kept, *others, f"resume={run_dir}"]
     os.environ["TDX_COMMAND"] = shlex.join(
         ["tdx", "train", experiment, *overrides, *(["-m"] if multirun else [])])
     cfg = check(experiment, overrides, multirun)
     if not multirun:
         check_data(cfg)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    if distributed.under_torchrun():  # every rank runs this; all use rank 0's run folder
+        distributed.init_from_env(cfg.distributed.backend, cfg.distributed.timeout_s)
+        stamp = distributed.broadcast(stamp)
     base = Path(cfg.paths.runs_dir) / cfg.name / stamp
     argv = [f"experiment={experiment}", *overrides]
     user_dir = next((o.split("=", 1)[1] for o in overrides
@@ -123,7 +218,11 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
         run_dir = Path(user_dir) if user_dir else base
         argv += [] if user_dir else [f"hydra.run.dir={run_dir}"]
         folders = [run_dir]
-    _hydra_main(argv)
+    try:
+        _hydra_main(argv)
+    finally:
+        if distributed.under_torchrun():
+            distributed.barrier()  # rank 0 has written the summary before anyone reports
     if multirun:
         return sorted((p.parent for p in folders[0].glob("*/summary.json")),
                       key=lambda p: int(p.name) if p.name.isdigit() else p.name)

@@ -13,6 +13,7 @@ import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from tdx.distributed import rank_zero_first
 from tdx.fairseq_data import read_lines
 from tdx.mt_data import prepare
 
@@ -36,8 +37,9 @@ class TdxTranslationTask(TranslationTask):
     def setup_task(cls, cfg: TdxTranslationConfig, **kwargs) -> "TdxTranslationTask":  # noqa: ANN003
         if cfg.raw_dir:
             stems = {"train": cfg.raw_train, "valid": cfg.raw_valid, "test": cfg.raw_test}
-            prepare(Path(cfg.raw_dir), Path(cfg.data.split(":")[0]), cfg.source_lang,
-                    cfg.target_lang, stems, cfg.spm_vocab)
+            with rank_zero_first():  # one rank prepares, the others find it cached
+                prepare(Path(cfg.raw_dir), Path(cfg.data.split(":")[0]), cfg.source_lang,
+                        cfg.target_lang, stems, cfg.spm_vocab)
         return super().setup_task(cfg, **kwargs)
 
     def decode_tokens(self, tokens: torch.Tensor) -> str:

@@ -1,0 +1,108 @@
+"""Benchmarks of the runner itself, and the footer every benchmark report ends with.
+
+`tdx bench scaling`: training throughput of a fairseq recipe (TaLK on Multi30k) and a
+plain-PyTorch recipe (SR-NAM's CNN stage) with 1 rank and with N ranks on this machine, at
+the same global batch (1 rank accumulates N batches per update; N ranks take one each),
+and the scaling efficiency: speed-up / N. Every run is a real `tdx train` in its own
+process group, read back from its run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tdx.run import git_commit, machine_info
+
+CASES: dict[str, dict[str, Any]] = {
+    "talk-mt": {"label": "TaLK, Multi30k (fairseq)", "unit": "target tok/s",
+                "args": ["talk-mt", "model=talkconv_multi30k", "trainer.valid_every=1000000",
+                         "trainer.save_every=1000000", "trainer.test_split=null",
+                         "trainer.average_last=0", "trainer.log_every=10"],
+                "accumulate": "trainer.update_freq={n}"},
+    "srnam-cnn": {"label": "SR-NAM CNN stage (plain PyTorch)", "unit": "patches/s",
+                  "args": ["srnam", "srnam.stages=[srcnn_bicubic]", "srnam.srcnn.batch=64",
+                           "srnam.srcnn.patch=48", "trainer.log_every=10",
+                           "trainer.save_every=1000000"],
+                  "steps": "srnam.srcnn.steps={u}"},
+}
+
+
+def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
+    """The closing markdown lines of a benchmark report: targets, command, commit, machine."""
+    m = report["machine"]
+    return ["", "Targets:", "", *[f"- {k}: {v}" for k, v in report["checks"].items()], "",
+            f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
+            f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, {report['date']}", ""]
+
+
+def _throughput(case: dict[str, Any], ranks: int, world: int, updates: int, work: Path
+                ) -> dict[str, Any]:
+    """One `tdx train` run; its training rate from the run folder."""
+    runs = work / f"{case['args'][0]}-{ranks}"
+    args = [*case["args"], f"paths.runs_dir={runs}"]
+    if "steps" in case:
+        args.append(case["steps"].format(u=updates))
+    else:
+        args.append(f"trainer.max_update={updates}")
+    if ranks > 1:
+        args.append(f"distributed.world_size={ranks}")
+    elif "accumulate" in case:  # the same global batch as `world` ranks
+        args.append(case["accumulate"].format(n=world))
+    tdx = str(Path(sys.executable).with_name("tdx"))
+    t0 = time.time()
+    proc = subprocess.run([tdx, "train", *args], capture_output=True, text=True,
+                          env=os.environ.copy())
+    seconds = time.time() - t0
+    found = list(runs.rglob("summary.json"))
+    summary = json.loads(found[0].read_text()) if found else {}
+    if proc.returncode != 0 or summary.get("status") != "completed":
+        return {"error": str(summary.get("error")
+                             or (proc.stderr.strip().splitlines() or ["failed"])[-1])}
+    rate = summary.get("rate_tok_s") or max(summary.get("rates", {}).values(), default=None)
+    return {"rate": rate, "seconds": round(seconds, 1), "updates": updates}
+
+
+def run_scaling(ranks: int = 2, updates: int = 40, cases: tuple[str, ...] = tuple(CASES),
+                progress: Callable[[str], None] = print) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tdx-scaling-") as tmp:
+        for name in cases:
+            case = CASES[name]
+            row = {}
+            for n in (1, ranks):
+                progress(f"{name}: {n} rank(s), {updates} updates ...")
+                row[str(n)] = _throughput(case, n, ranks, updates, Path(tmp))
+            one, many = row["1"].get("rate"), row[str(ranks)].get("rate")
+            if one and many:
+                row["speedup"] = round(many / one, 3)
+                row["efficiency"] = round(many / one / ranks, 3)
+            results[name] = row
+    return {"config": {"ranks": ranks, "updates": updates,
+                       "threads": f"{os.cpu_count()} cores shared by the ranks"},
+            "machine": machine_info(), "git_commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
+            "checks": {f"{n}_efficiency": r.get("efficiency") for n, r in results.items()}}
+
+
+def to_markdown(report: dict[str, Any], command: str) -> str:
+    n = report["config"]["ranks"]
+    lines = ["# Data-parallel scaling", "",
+             f"Training throughput with 1 rank and {n} ranks (gloo, this machine's "
+             f"{report['machine']['cores']} cores split between the ranks), the same global "
+             f"batch in both (1 rank accumulates {n} batches per update); "
+             f"{report['config']['updates']} updates each.", "",
+             f"| recipe | unit | 1 rank | {n} ranks | speed-up | efficiency |",
+             "|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        cell = lambda x: x.get("error", "?")[:40] if "error" in x else f"{x['rate']:,.0f}"  # noqa: E731
+        lines.append(f"| {CASES[name]['label']} | {CASES[name]['unit']} | {cell(r['1'])} | "
+                     f"{cell(r[str(n)])} | {r.get('speedup', '-')} | {r.get('efficiency', '-')} |")
+    return "\n".join(lines + targets_and_provenance(report, command))
