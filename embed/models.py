@@ -134,17 +134,25 @@ class CompressedEmbeddingMixin:
 
 
 def register_compressed(base: str) -> None:
-    """Register `embcomp_<base>` and an `embcomp_` twin of each of `base`'s archs."""
-    if f"embcomp_{base}" in MODEL_REGISTRY:
-        return
-    cls = type(f"Compressed{MODEL_REGISTRY[base].__name__}",
-               (CompressedEmbeddingMixin, MODEL_REGISTRY[base]),
-               {"__doc__": f"fairseq `{base}` with a compressed shared embedding"})
-    register_model(f"embcomp_{base}")(cls)
+    """Register `embcomp_<base>` and an `embcomp_` twin of each of `base`'s archs that has
+    none yet (idempotent: call it again after more archs were registered)."""
+    if f"embcomp_{base}" not in MODEL_REGISTRY:
+        cls = type(f"Compressed{MODEL_REGISTRY[base].__name__}",
+                   (CompressedEmbeddingMixin, MODEL_REGISTRY[base]),
+                   {"__doc__": f"fairseq `{base}` with a compressed shared embedding"})
+        register_model(f"embcomp_{base}")(cls)
     for arch, model_cls in list(ARCH_MODEL_REGISTRY.items()):
-        if model_cls is MODEL_REGISTRY[base] and not arch.startswith("embcomp_"):
-            register_model_architecture(f"embcomp_{base}", f"embcomp_{arch}")(
+        twin = f"embcomp_{arch}"
+        if model_cls is MODEL_REGISTRY[base] and twin not in ARCH_MODEL_REGISTRY:
+            register_model_architecture(f"embcomp_{base}", twin)(
                 _with_embed_defaults(ARCH_CONFIG_REGISTRY[arch]))
+
+
+def register_all() -> None:
+    """`embcomp_` twins of every transformer / lightconv / talkconv arch registered so far."""
+    for base in ("transformer", "lightconv", "talkconv"):
+        if base in MODEL_REGISTRY:
+            register_compressed(base)
 
 
 EMBED_DEFAULTS = {"embed_method": "distilled", "embed_rate": 8.0, "embed_rank": 0,
@@ -161,9 +169,7 @@ def _with_embed_defaults(arch_fn: Callable[[Any], None]) -> Callable[[Any], None
     return arch
 
 
-for _base in ("transformer", "lightconv", "talkconv"):
-    if _base in MODEL_REGISTRY:
-        register_compressed(_base)
+register_all()
 
 
 # ---------------------------------------------------------------------------- criterion

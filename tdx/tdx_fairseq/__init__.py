@@ -24,5 +24,6 @@ import tdx.talk.models  # noqa: E402,F401
 import tdx.translation  # noqa: E402,F401
 
 # isort: split
-# last: embed makes `embcomp_` twins of the models registered above
-import tdx.embed.models  # noqa: E402,F401
+import tdx.embed.models  # noqa: E402
+
+tdx.embed.models.register_all()  # last: `embcomp_` twins of every model registered above
