@@ -270,7 +270,6 @@ def bench_talk_model(
     md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
 ) -> None:
     """Training and beam-5 generation speed: TaLK vs Transformer, LightConv, DynamicConv."""
-    import json
 
     from tdx.config import UsageError
     from tdx.talk import bench_model
@@ -289,14 +288,7 @@ def bench_talk_model(
     res = bench_model.run_benchmark(batch, length, lm_tokens, ctx, repeats, malloc=malloc,
                                     progress=lambda m: err.print(m, highlight=False))
     command = shlex.join(["tdx", "bench", "talk-model", *sys.argv[3:]])
-    text = bench_model.to_markdown(res, command)
-    out.print(text)
-    if json_file:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
-    if md:
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(text)
+    write_report(res, bench_model.to_markdown(res, command), command, json_file, md)
 
 
 @bench_app.command("scaling")
@@ -310,7 +302,6 @@ def bench_scaling(
     md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
 ) -> None:
     """Data-parallel training throughput with 1 and N ranks, and the scaling efficiency."""
-    import json
 
     from tdx import bench
     from tdx.config import UsageError
@@ -323,7 +314,14 @@ def bench_scaling(
     res = bench.run_scaling(ranks, updates, chosen,
                             progress=lambda m: err.print(m, highlight=False))
     command = shlex.join(["tdx", "bench", "scaling", *sys.argv[3:]])
-    text = bench.to_markdown(res, command)
+    write_report(res, bench.to_markdown(res, command), command, json_file, md)
+
+
+def write_report(res: dict, text: str, command: str, json_file: Path | None,
+                 md: Path | None) -> None:
+    """Print a benchmark's markdown; write it and its JSON (with the command) if asked."""
+    import json
+
     out.print(text, highlight=False, markup=False)
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)

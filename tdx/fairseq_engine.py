@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tdx.config import UsageError
-from tdx.distributed import WORLD, any_rank, checksum, gather
+from tdx.distributed import WORLD, any_rank, checksum, gather, mean
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag, read_json
 from tdx.seqeval import evaluate_generation
@@ -257,7 +257,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
                     run.log(step, "train", {"loss": round(loss, 4),
                                             "nll_loss": round(float(out.get("nll_loss", loss)), 4),
                                             "lr": trainer.get_lr(), "epoch": epoch_itr.epoch})
-                tokens = float(out.get("wpb", sum(x["ntokens"] for x in samples)))  # all ranks
+                tokens = mean(float(sum(x.get("ntokens", 0) for x in samples))) * WORLD.size
                 bar.update(step, tokens, "tok", loss=loss)
                 if step % t.valid_every == 0 or step >= t.max_update:
                     scores = validate(step)

@@ -321,6 +321,12 @@ def plot(runs: list[Run], out: Path, split: str, metric: str, group_key: str | N
         ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
     ax.set_xlabel("updates")
     ax.set_ylabel(f"{split} {metric}")
+    _save_figure(fig, ax, out)
+
+
+def _save_figure(fig: Any, ax: Any, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -350,12 +356,7 @@ def plot_embed(runs: list[Run], out: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("embedding compression (x)")
     ax.set_ylabel("test BLEU after fine-tuning (beam 5)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, ax, out)
 
 
 PLOTS: dict[str, Callable[[list[Run], Path], None]] = {"embed": plot_embed}
