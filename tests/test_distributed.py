@@ -126,6 +126,25 @@ def test_a_dead_rank_stops_the_job_and_fails_the_run(tmp_path):
     assert not _rank_pids(proc.pid)
 
 
+def test_two_machines_as_two_launchers_on_localhost(tmp_path):
+    from tdx.train import free_port
+
+    port = free_port()
+    procs = [subprocess.Popen([TDX, "train", *SRCNN, "srnam.srcnn.steps=4",
+                               "distributed.world_size=2", "distributed.nnodes=2",
+                               f"distributed.node_rank={k}", f"distributed.master_port={port}",
+                               f"paths.runs_dir=node{k}"], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for k in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    s0, s1 = summary(only_run(tmp_path / "node0")), summary(only_run(tmp_path / "node1"))
+    assert s0["status"] == "completed" and s0["world_size"] == 2 and s0["nnodes"] == 2
+    sums = s0["param_checksums"]["srcnn_bicubic"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert s1["status"] == "completed" and "node 1" in s1["note"]
+
+
 def test_torchrun_starts_the_ranks(tmp_path):
     torchrun = str(Path(TDX).with_name("torchrun"))
     proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", TDX, "train",
