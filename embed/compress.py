@@ -113,25 +113,37 @@ class LowRank(CompressedEmbedding):
     def init_from(self, E: Tensor, counts: Tensor | None = None, steps: int = 2000,
                   lr: float = 0.01) -> dict[str, float]:
         """SVD in closed form; with ReLU, Adam on the mean squared reconstruction error
-        (full batch, `steps` updates) from the SVD factors split into positive and
-        negative parts, so that ReLU(U) V starts at the rank r/2 SVD."""
+        (full batch, `steps` updates) from a truncated SVD (see `_init_split`)."""
         self.init_svd(E) if not self.relu else self._init_split(E)
         before = self.reconstruction_error(E)
         if self.relu:
+            start = {k: v.detach().clone() for k, v in self.state_dict().items()}
             opt = torch.optim.Adam(self.parameters(), lr=lr)
             for _ in range(steps):
                 opt.zero_grad()
                 loss = F.mse_loss(self.weight, E)
                 loss.backward()
                 opt.step()
+            if self.reconstruction_error(E) > before:  # never worse than the SVD start
+                self.load_state_dict(start)
         return {"mse_init": before, "mse": self.reconstruction_error(E)}
 
     @torch.no_grad()
     def _init_split(self, E: Tensor) -> None:
-        """ReLU(U) V = P S Q^T at rank r/2 exactly: U = [A, -A], V = [B; -B] with A B the
-        SVD factors, since ReLU(a) - ReLU(-a) = a."""
-        half = max(1, self.rank // 2)
+        """Start ReLU(U) V (+ b) at a truncated SVD. With the bias, at rank r exactly:
+        U = P S^1/2 + c (c makes every entry positive, so ReLU is the identity) and
+        b = -c 1^T V. Without it, at rank r/2: U = [A, -A], V = [B; -B] with A B the SVD
+        factors, since ReLU(a) - ReLU(-a) = a."""
         P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
+        if self.b is not None:
+            U, V = P[:, : self.rank] * S[: self.rank].sqrt(), S[: self.rank].sqrt()[:, None] \
+                * Qt[: self.rank]
+            c = float((-U).clamp(min=0).max()) + 1e-3
+            self.U.copy_(U + c)
+            self.V.copy_(V)
+            self.b.copy_(-c * V.sum(0))
+            return
+        half = max(1, self.rank // 2)
         A, B = P[:, :half] * S[:half].sqrt(), S[:half].sqrt()[:, None] * Qt[:half]
         U, V = torch.zeros_like(self.U, dtype=torch.double), torch.zeros_like(
             self.V, dtype=torch.double)

@@ -157,7 +157,7 @@ def register_all() -> None:
 
 EMBED_DEFAULTS = {"embed_method": "distilled", "embed_rate": 8.0, "embed_rank": 0,
                   "embed_bias": False, "embed_groups": 5, "embed_init_steps": 2000,
-                  "embed_init_lr": 0.01}
+                  "embed_init_lr": 0.001}
 
 
 def _with_embed_defaults(arch_fn: Callable[[Any], None]) -> Callable[[Any], None]:
