@@ -233,7 +233,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
         return scores
 
     step = trainer.get_num_updates()
-    if t.get("test_before") and t.test_split and not cfg.resume:
+    if t.get("test_before") and t.test_split and not cfg.resume and WORLD.master:
         initial = score(cfg, task, trainer.model)
         initial.pop("bleu_signature", None)
         run.log(step, "test_before", {k: v for k, v in initial.items() if "per_s" not in k})
