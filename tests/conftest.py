@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ TINY_MT = ["+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32",
            "data.spm_vocab=300", "data.max_tokens=600", "trainer.max_update=20",
            "trainer.valid_every=10", "trainer.save_every=5", "trainer.average_last=2",
            "trainer.log_every=5", "trainer.test_beam=2", "optim.warmup_updates=5"]
+
+
+def wait_for_lines(folder: Path, n: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    """Wait until a run under `folder` has logged `n` metrics lines."""
+    while time.time() < deadline:
+        found = list(folder.rglob("metrics.jsonl"))
+        if found and sum(1 for _ in found[0].open()) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} metrics lines in {folder} after {timeout} s")
 
 
 def tdx(*args: str, cwd: Path, check: bool = False, timeout: int = 300,

@@ -13,7 +13,7 @@ import pytest
 
 from tdx.config import compose
 
-from .conftest import TDX, TINY, TINY_MT, only_run, summary, tdx
+from .conftest import TDX, TINY, TINY_MT, only_run, summary, tdx, wait_for_lines
 
 NO_DROPOUT = ["+model.dropout=0", "+model.attention_dropout=0", "+model.weight_dropout=0",
               "+model.relu_dropout=0"]
@@ -65,16 +65,6 @@ def test_loop_recipe_two_ranks_equal_one_rank(tmp_path):
     assert float(sums[0]) == pytest.approx(one, rel=1e-5)  # equal up to float sum order
 
 
-def _wait_for_lines(folder: Path, n: int, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = list(folder.rglob("metrics.jsonl"))
-        if found and sum(1 for _ in found[0].open()) >= n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {n} metrics lines in {folder} after {timeout} s")
-
-
 def _rank_pids(parent: int) -> list[int]:
     """The spawned rank processes of a `tdx train` process, oldest first."""
     pids = []
@@ -94,7 +84,7 @@ def test_sigterm_two_ranks_then_resume_with_one(tmp_path):
                              "trainer.log_every=5", "distributed.world_size=2",
                              "paths.runs_dir=cut"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    _wait_for_lines(tmp_path / "cut", 4)
+    wait_for_lines(tmp_path / "cut", 4)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
@@ -113,7 +103,7 @@ def test_a_dead_rank_stops_the_job_and_fails_the_run(tmp_path):
                              "trainer.log_every=5", "distributed.world_size=2",
                              "distributed.timeout_s=30", "paths.runs_dir=dead"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for_lines(tmp_path / "dead", 2)
+    wait_for_lines(tmp_path / "dead", 2)
     ranks = _rank_pids(proc.pid)
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from tdx.superres.nets import Degradation as DegradationNet
 from tdx.superres.nets import Generator
 from tdx.superres.srnam import fit_codes
 
-from .conftest import TDX, only_run, summary, tdx
+from .conftest import TDX, only_run, summary, tdx, wait_for_lines
 
 SR = Path(os.environ["TDX_DATA_DIR"]) / "sr"
 FAST = ["srnam.generator.steps=2", "srnam.degradation.steps=2", "srnam.degradation.patches=64",
@@ -142,12 +141,7 @@ def test_loop_engine_sigterm_then_resume(tmp_path):
     tdx("train", "srnam", *slow, "paths.runs_dir=ref", cwd=tmp_path, check=True)
     proc = subprocess.Popen([TDX, "train", "srnam", *slow, "paths.runs_dir=cut"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list((tmp_path / "cut").rglob("metrics.jsonl"))
-        if found and sum(1 for _ in found[0].open()) >= 6:
-            break
-        time.sleep(0.1)
+    wait_for_lines(tmp_path / "cut", 6)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
