@@ -199,7 +199,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
 
     def save(path: Path = last) -> None:
-        state = {"train_iterator": epoch_itr.state_dict(), "tdx_best": best,
+        state = {"train_iterator": iterator_state(epoch_itr), "tdx_best": best,
                  "tdx_world_size": WORLD.size}
         trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
         trainer.save_checkpoint(str(path), state)  # rank 0 writes .tmp then renames
@@ -296,6 +296,16 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     final = test(cfg, task, trainer, run) if WORLD.master else {}
     run.finish("completed", step=step, best=best, final=final, rate_tok_s=round(bar.rate))
     return status
+
+
+def iterator_state(epoch_itr: Any) -> dict[str, Any]:
+    """The epoch iterator's position. A stop can land just after a new epoch's iterator
+    was made and before any batch was drawn; fairseq's state_dict() fails on that
+    unstarted iterator, whose position is simply (epoch, batches already skipped)."""
+    if getattr(epoch_itr, "_cur_epoch_itr", True) is None:
+        return {"version": 2, "epoch": epoch_itr.epoch,
+                "iterations_in_epoch": epoch_itr.iterations_in_epoch, "shuffle": True}
+    return epoch_itr.state_dict()
 
 
 def numbered_checkpoints(ckpt_dir: Path) -> list[Path]:

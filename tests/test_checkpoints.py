@@ -47,3 +47,26 @@ def test_fairseq_generate_on_a_tdx_checkpoint(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Generate test with beam=2" in proc.stdout + proc.stderr
     assert sum(line.startswith("H-") for line in proc.stdout.splitlines()) == 40
+
+
+def test_iterator_state_of_an_unstarted_epoch_resumes_at_its_start():
+    """A stop can land between epochs, after the next epoch's iterator was made but before
+    a batch was drawn; the checkpoint must still record where to resume (CI once failed
+    here with fairseq's own state_dict())."""
+    from fairseq.data import ListDataset, iterators
+
+    from tdx.fairseq_engine import iterator_state
+
+    def make() -> iterators.EpochBatchIterator:
+        return iterators.EpochBatchIterator(ListDataset(list(range(12))), collate_fn=lambda b: b,
+                                            batch_sampler=[[i, i + 1] for i in range(0, 12, 2)],
+                                            seed=1, epoch=1)
+
+    itr = make()
+    first = list(itr.next_epoch_itr(shuffle=True))
+    fresh = make()
+    fresh.load_state_dict(iterator_state(itr))  # end of epoch 1: next is epoch 2, batch 0
+    assert iterator_state(fresh) == {"version": 2, "epoch": 2, "iterations_in_epoch": 0,
+                                     "shuffle": True}
+    second = list(fresh.next_epoch_itr(shuffle=True))
+    assert len(second) == 6 and second != first  # a whole, reshuffled epoch 2
