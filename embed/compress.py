@@ -62,9 +62,9 @@ class CompressedEmbedding(nn.Module):
 
 
 def rank_for_rate(num_embeddings: int, dim: int, rate: float, bias: bool = False) -> int:
-    """The largest rank r with V r + r d (+ d) <= V d / rate."""
+    """The largest rank r with V r + r d (+ d + r) <= V d / rate."""
     budget = num_embeddings * dim / rate - (dim if bias else 0)
-    r = int(budget // (num_embeddings + dim))
+    r = int(budget // (num_embeddings + dim + (1 if bias else 0)))  # + the offsets m
     if r < 1:
         raise ValueError(f"compression {rate}x leaves no rank for a {num_embeddings} x {dim} "
                          "embedding")
@@ -81,9 +81,19 @@ class LowRank(CompressedEmbedding):
         self.U = nn.Parameter(torch.randn(num_embeddings, rank) / math.sqrt(rank))
         self.V = nn.Parameter(torch.randn(rank, embedding_dim) / math.sqrt(rank))
         self.b = nn.Parameter(torch.zeros(embedding_dim)) if bias else None
+        # with the bias: a fixed per-column offset m, E ~ (ReLU(U) - m) V + b. The function
+        # class is that of ReLU(U) V + b (b is free); centring the codes keeps V's gradient
+        # f(U)^T G free of the m 1^T G common-mode term that otherwise swamps it (Adam
+        # scales every entry alike) once U is shifted positive at the SVD start.
+        self.register_buffer("m", torch.zeros(rank) if bias and relu else None)
 
-    def code(self, U: Tensor) -> Tensor:
-        return F.relu(U) if self.relu else U
+    def code(self, U: Tensor) -> Tensor:  # (..., r)
+        if not self.relu:
+            return U
+        return F.relu(U) - self.m if self.m is not None else F.relu(U)
+
+    def size(self) -> float:  # the offsets are stored too
+        return super().size() + (self.m.numel() if self.m is not None else 0)
 
     @property
     def weight(self) -> Tensor:  # (V, d)
@@ -131,17 +141,18 @@ class LowRank(CompressedEmbedding):
     @torch.no_grad()
     def _init_split(self, E: Tensor) -> None:
         """Start ReLU(U) V (+ b) at a truncated SVD. With the bias, at rank r exactly:
-        U = P S^1/2 + c (c makes every entry positive, so ReLU is the identity) and
-        b = -c 1^T V. Without it, at rank r/2: U = [A, -A], V = [B; -B] with A B the SVD
-        factors, since ReLU(a) - ReLU(-a) = a."""
+        U = P S^1/2 + m, the per-column offset m making every entry positive, so that
+        ReLU is the identity and (ReLU(U) - m) V = P S^1/2 V. Without it, at rank r/2:
+        U = [A, -A], V = [B; -B] with A B the SVD factors, since ReLU(a) - ReLU(-a) = a."""
         P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
         if self.b is not None:
             U, V = P[:, : self.rank] * S[: self.rank].sqrt(), S[: self.rank].sqrt()[:, None] \
                 * Qt[: self.rank]
-            c = float((-U).clamp(min=0).max()) + 1e-3
-            self.U.copy_(U + c)
+            m = (-U).clamp(min=0).amax(0) + 1e-3  # (r,)
+            self.U.copy_(U + m)
             self.V.copy_(V)
-            self.b.copy_(-c * V.sum(0))
+            self.m.copy_(m)
+            self.b.zero_()
             return
         half = max(1, self.rank // 2)
         A, B = P[:, :half] * S[:half].sqrt(), S[:half].sqrt()[:, None] * Qt[:half]

@@ -42,7 +42,7 @@ def test_shapes_budget_and_tied_projection(method, rate, E):
 
 def test_parameter_counts():
     assert LowRank(V, D, 1, rank=5).size() == V * 5 + 5 * D
-    assert LowRank(V, D, 1, rank=5, relu=True, bias=True).size() == V * 5 + 5 * D + D
+    assert LowRank(V, D, 1, rank=5, relu=True, bias=True).size() == V * 5 + 5 * D + D + 5
     assert Quantized(V, D, 1, bits=4).size() == V * D * 4 / 32 + V
     r = rank_for_rate(V, D, 8)
     assert r == (V * D // 8) // (V + D)
@@ -131,3 +131,18 @@ def test_embed_without_a_teacher_is_a_usage_error(tmp_path: Path):
     assert proc.returncode == 2 and "teacher" in proc.stderr + proc.stdout
     proc = tdx("train", "embed", f"teacher={tmp_path / 'nothere'}", cwd=tmp_path)
     assert proc.returncode == 2 and "nothere" in proc.stderr + proc.stdout
+
+
+def test_distilled_starts_at_the_svd_with_the_svd_gradient_on_V(E):
+    """With the bias, ReLU(U) - m is the SVD's U at the start, so fine-tuning moves V as
+    the SVD model would (no common-mode term from the positive shift)."""
+    dist, svd = LowRank(V, D, 1, rank=8, relu=True, bias=True), LowRank(V, D, 1, rank=8)
+    dist._init_split(E)
+    svd.init_from(E)
+    torch.testing.assert_close(dist.weight, svd.weight, atol=1e-5, rtol=1e-5)
+    assert bool((dist.U > 0).all())
+    G = torch.randn(V, D)
+    for emb in (dist, svd):
+        (emb.weight * G).sum().backward()
+    torch.testing.assert_close(dist.V.grad, svd.V.grad, atol=1e-4, rtol=1e-4)
+    assert "m" in dist.state_dict()  # the offsets travel with the checkpoint
