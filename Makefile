@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam bench-talk-op bench-talk-model bench-scaling clean-runs
+.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam table-zskd bench-talk-op bench-talk-model bench-scaling clean-runs
 
 install: $(STAMP)
 
@@ -93,6 +93,23 @@ table-embed-talk: install
 	  trainer.max_update=$(EMBED_UPDATES) model.embed_rate=4,8,16,32 \
 	  hydra.sweep.dir=runs/embed/table-talk; \
 	$(BIN)/tdx report runs/embed/table-talk --table embed --out results/embed_talk.md
+
+# Zero-shot KD: per task, the teacher once, then the six student recipes on one budget.
+# Tasks already done (runs/zskd/<task>/students finished) are skipped, so the study can be
+# run a few tasks at a time: make table-zskd ZSKD_TASKS="sst2 mrpc".
+ZSKD_TASKS ?= sst2 mrpc stsb mr cr subj mpqa
+ZSKD_RECIPES := labels,kd_task,random,ood,adv_gumbel,adv_pgd
+table-zskd: install
+	for task in $(ZSKD_TASKS); do \
+	  dir=runs/zskd/$$task; \
+	  [ -f $$dir/teacher/checkpoints/teacher.pt ] || \
+	    $(BIN)/tdx train zskd zskd.task=$$task zskd.recipe=none hydra.run.dir=$$dir/teacher \
+	    || exit 1; \
+	  [ "$$(grep -ls '"completed"' $$dir/students/*/summary.json 2>/dev/null | wc -l)" = 6 ] || \
+	    $(BIN)/tdx train zskd -m zskd.task=$$task zskd.teacher_from=$$dir/teacher \
+	      zskd.recipe=$(ZSKD_RECIPES) hydra.sweep.dir=$$dir/students || true; \
+	done
+	$(BIN)/tdx report runs/zskd --table zskd --out results/zskd.md --plot results/zskd.png
 
 # SR-NAM: every stage in one run folder (about an hour on 2 CPU cores at the defaults).
 table-srnam: install

@@ -243,9 +243,45 @@ def srnam_notes(runs: list[Run]) -> str:
             f"HR patches: {f.get('generator/fit_psnr')} dB.\n")
 
 
+ZSKD_RECIPES = {"labels": "(1) task labels", "kd_task": "(2) KD, task data",
+                "random": "(3) ZS random tokens", "ood": "(4) ZS out-of-domain",
+                "adv_gumbel": "(5) ZS + adv. Gumbel-MLM", "adv_pgd": "(5b) ZS + adv. PGD"}
+
+
+def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Zero-shot KD, a row per task: the teacher's score, then each recipe's student score
+    and its % of the teacher (mean ± std over seeds), parameters and compression."""
+    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
+    headers = ["Task", "Metric", "Teacher", *ZSKD_RECIPES.values(), "Params T / S",
+               "Ratio"]
+    rows = []
+    for g in sorted(_group(students, lambda r: r.get("final.task")),
+                    key=lambda g: str(g[0].get("final.task"))):
+        t = g[0].get("final.teacher") or {}
+        metric = "/".join(k for k in t if k != "primary") or "-"
+        row = [str(g[0].get("final.task")), metric, f"{t.get('primary', '-')}"]
+        for recipe in ZSKD_RECIPES:
+            rs = [r for r in g if r.get("final.recipe") == recipe]
+            row.append(f"{mean_std([r.get('final.student.primary') for r in rs])} "
+                       f"({mean_std([r.get('final.pct_of_teacher') for r in rs])}%)"
+                       if rs else "-")
+        row.append(f"{g[0].get('final.teacher_params') / 1e6:.1f}M / "
+                   f"{g[0].get('final.student_params') / 1e6:.2f}M")
+        row.append(f"{g[0].get('final.compression')}x")
+        rows.append(row)
+    return headers, rows
+
+
+def zskd_notes(runs: list[Run]) -> str:
+    return ("\nScores in percent on each task's evaluation split (SST-2/STS-B dev, MRPC test, "
+            "SentEval held-out file); MRPC and STS-B show the mean of their two figures (F1 "
+            "and accuracy, Pearson and Spearman). ZS = zero-shot: the student never saw a "
+            "task input. (x%) is the student's share of the teacher's score.\n")
+
+
 CUSTOM_TABLES: dict[str, Callable[[list[Run]], tuple[list[str], list[list[str]]]]] = {
-    "srnam": srnam_table}
-NOTES: dict[str, Callable[[list[Run]], str]] = {"srnam": srnam_notes}
+    "srnam": srnam_table, "zskd": zskd_table}
+NOTES: dict[str, Callable[[list[Run]], str]] = {"srnam": srnam_notes, "zskd": zskd_notes}
 
 
 def preset_table(runs: list[Run], name: str) -> tuple[list[str], list[list[str]]]:
@@ -359,7 +395,32 @@ def plot_embed(runs: list[Run], out: Path) -> None:
     _save_figure(fig, ax, out)
 
 
-PLOTS: dict[str, Callable[[list[Run], Path], None]] = {"embed": plot_embed}
+def plot_zskd(runs: list[Run], out: Path) -> None:
+    """Student score on the evaluation split over training, zero-shot on out-of-domain
+    text (4) against the adversarial recipes (5), a panel per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in runs if r.get("final.recipe") in ("ood", "adv_gumbel", "adv_pgd")]
+    tasks = sorted({str(r.get("final.task")) for r in shown})
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for g in _group([r for r in shown if r.get("final.task") == task],
+                        lambda r: r.get("final.recipe")):
+            recipe = g[0].get("final.recipe")
+            curve = g[0].curve(f"student_{recipe}/valid", "primary")
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".",
+                    label=ZSKD_RECIPES[recipe])
+        ax.set_title(task)
+        ax.set_xlabel("updates")
+    axes[0][0].set_ylabel("student score (%)")
+    _save_figure(fig, axes[0][0], out)
+
+
+PLOTS: dict[str, Callable[[list[Run], Path], None]] = {"embed": plot_embed, "zskd": plot_zskd}
 
 
 def report(paths: list[Path], fmt: str = "md", preset: str | None = None,

@@ -178,6 +178,11 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     for f in finals:
         assert f["compression"] >= 20 and "primary" in f["student"]
         assert f["teacher"] == t["final"]["teacher"]
+    rep = tdx("report", str(runs), "--table", "zskd", "--out", str(tmp_path / "z.md"),
+              "--plot", str(tmp_path / "z.png"), cwd=tmp_path, check=True)
+    table = (tmp_path / "z.md").read_text()
+    assert "| mrpc | f1/acc |" in table and "(5) ZS + adv. Gumbel-MLM" in table, rep.stdout
+    assert "%)" in table.split("| mrpc |")[1] and (tmp_path / "z.png").stat().st_size > 0
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
