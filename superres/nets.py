@@ -56,32 +56,40 @@ class Critic(nn.Module):
 
 
 class Degradation(nn.Module):
-    """HR (N, 3, H, W) -> LR (N, 3, H/s, W/s): a learned blur-and-subsample (one
-    (4s, 4s) kernel per colour channel, stride s, reflect padding), initialised as a box
-    average, plus a small residual CNN at low resolution (noise/compression-like
-    effects), initialised to zero so D starts as a plain linear down-scaler."""
+    """HR (N, 3, H, W) -> LR (N, 3, H/s, W/s): a learned camera blur and subsampling. The
+    blur is one (4s, 4s) kernel shared by the colour channels, kept physical (non-negative,
+    summing to 1) as the softmax of its logits, applied with stride s and reflect padding;
+    it starts as a Gaussian of sigma s/2. `residual=True` adds a small CNN at low
+    resolution, zero at the start, for compression-like effects.
 
-    def __init__(self, scale: int = 4, width: int = 16):
+    The constraint matters for NAM training: G cannot reproduce every patch exactly, and
+    an unconstrained D learns to make up for G's errors (colour, contrast) instead of
+    modelling the camera, which then fails on real HR images."""
+
+    def __init__(self, scale: int = 4, residual: bool = False, width: int = 16):
         super().__init__()
         self.scale, k = scale, 4 * scale
-        self.kernel = nn.Parameter(torch.full((3, 1, k, k), 1.0 / k ** 2))
-        self.residual = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(width, 3, 3, padding=1))
-        nn.init.zeros_(self.residual[-1].weight)
-        nn.init.zeros_(self.residual[-1].bias)
+        r = torch.arange(k) - (k - 1) / 2
+        d2 = r[:, None] ** 2 + r[None, :] ** 2
+        self.logits = nn.Parameter(-d2 / (2 * (scale / 2) ** 2))  # (k, k)
+        self.residual = None
+        if residual:
+            self.residual = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(width, 3, 3, padding=1))
+            nn.init.zeros_(self.residual[-1].weight)
+            nn.init.zeros_(self.residual[-1].bias)
+
+    def blur_kernel(self) -> Tensor:  # (k, k), non-negative, sums to 1
+        return torch.softmax(self.logits.flatten(), 0).view_as(self.logits)
 
     def forward(self, hr: Tensor) -> Tensor:
-        s, k = self.scale, self.kernel.shape[-1]
+        s, k = self.scale, self.logits.shape[-1]
         h, w = hr.shape[-2] // s * s, hr.shape[-1] // s * s
         pad = [(k - s) // 2, k - s - (k - s) // 2] * 2  # left, right, top, bottom
         x = F.pad(hr[..., :h, :w], pad, mode="reflect")
-        lr = F.conv2d(x, self.kernel, stride=s, groups=3)  # (N, 3, h/s, w/s)
-        return lr + self.residual(lr)
-
-    def blur_kernel(self) -> Tensor:
-        """The learned linear kernel, averaged over colour channels, normalised: (k, k)."""
-        k = self.kernel.detach().mean(0)[0]
-        return k / k.sum()
+        kernel = self.blur_kernel().expand(3, 1, k, k)
+        lr = F.conv2d(x, kernel, stride=s, groups=3)  # (N, 3, h/s, w/s)
+        return lr + self.residual(lr) if self.residual is not None else lr
 
 
 class SRCNN(nn.Module):

@@ -396,7 +396,7 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
                 shutil.copyfile(src, dst)
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
-    D = DegradationNet(sr.scale)
+    D = DegradationNet(sr.scale, residual=sr.degradation.residual)
     cnns = {"srcnn_bicubic": SRCNN(), "srcnn_learned": SRCNN()}
     results: dict[str, Any] = {}
 

@@ -55,12 +55,16 @@ def test_bicubic_x4_matches_the_published_figures():
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_degradation_net_shapes(scale):
-    D = DegradationNet(scale)
-    assert D(torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12, 10)
-    assert D(torch.rand(1, 3, 12 * scale + 1, 10 * scale)).shape == (1, 3, 12, 10)
-    # it starts as a box average: a constant image stays constant
-    torch.testing.assert_close(D(torch.full((1, 3, 8 * scale, 8 * scale), 0.3)),
-                               torch.full((1, 3, 8, 8), 0.3))
+    for D in (DegradationNet(scale), DegradationNet(scale, residual=True)):
+        assert D(torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12, 10)
+        assert D(torch.rand(1, 3, 12 * scale + 1, 10 * scale)).shape == (1, 3, 12, 10)
+        # a normalised blur: a constant image stays constant, whatever the logits
+        with torch.no_grad():
+            D.logits.add_(torch.randn_like(D.logits))
+        torch.testing.assert_close(D(torch.full((1, 3, 8 * scale, 8 * scale), 0.3)),
+                                   torch.full((1, 3, 8, 8), 0.3))
+        k = D.blur_kernel()
+        assert (k >= 0).all() and abs(float(k.sum()) - 1) < 1e-5
 
 
 def test_hidden_degradation_is_repeatable_and_x4():
