@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from tdx import distributed
 from tdx.config import UsageError
-from tdx.loop import Stage, run_stage
+from tdx.loop import Interrupted, Stage, run_stage
 from tdx.run import RunDir, StopFlag
 from tdx.superres.images import (
     Degradation,
@@ -297,8 +297,9 @@ def eval_sets(cfg: DictConfig) -> dict[str, list[tuple[Tensor, Tensor]]]:
 
 
 def evaluate(cfg: DictConfig, run: RunDir, G: Generator, D: DegradationNet,
-             cnns: dict[str, SRCNN]) -> dict[str, Any]:
-    """Every method on every set and LR kind; returns {set/kind/method/metric: value}."""
+             cnns: dict[str, SRCNN], stop: StopFlag | None = None) -> dict[str, Any]:
+    """Every method on every set and LR kind; returns {set/kind/method/metric: value}.
+    Ctrl-C / SIGTERM stops it between images (the run ends `interrupted`)."""
     s, border = cfg.srnam.scale, cfg.srnam.scale
     G.eval()
     D.eval()
@@ -310,6 +311,8 @@ def evaluate(cfg: DictConfig, run: RunDir, G: Generator, D: DegradationNet,
         for kind in ("bicubic", "realistic"):
             sums: dict[str, list[float]] = {}
             for i, (hr, given_lr) in enumerate(pairs):
+                if stop:
+                    raise Interrupted
                 lr = given_lr if kind == "bicubic" else camera(hr, 20_000 + i)
                 gen = torch.Generator().manual_seed(cfg.seed * 31 + i)
                 rows = _score_image(cfg, hr, lr, G, D, bicubic_d, cnns, gen, border)
@@ -420,5 +423,5 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
                                       cfg, run_dir, stop)
     final = {f"{k}/{m}": v for k, r in results.items() for m, v in r.items()}
     if "evaluate" in sr.stages and distributed.WORLD.master:
-        final.update(evaluate(cfg, run_dir, G, D, cnns))
+        final.update(evaluate(cfg, run_dir, G, D, cnns, stop))
     return final

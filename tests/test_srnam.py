@@ -159,3 +159,21 @@ def test_loop_engine_sigterm_then_resume(tmp_path):
     assert [r["step"] for r in lines] == list(range(5, 151, 5))  # none lost or repeated
     ref = (only_run(tmp_path / "ref") / "metrics.jsonl").read_text()
     assert (run / "metrics.jsonl").read_text() == ref  # the same trajectory
+
+
+def test_evaluation_stops_between_images_on_a_signal(tmp_path):
+    """A stop (Ctrl-C / SIGTERM) during the long evaluation is honoured at the next image,
+    not only when every set is done."""
+    from tdx.config import compose
+    from tdx.loop import Interrupted
+    from tdx.run import RunDir, StopFlag
+    from tdx.superres.nets import SRCNN, Generator
+    from tdx.superres.srnam import evaluate
+
+    cfg = compose("srnam", [*FAST, f"paths.data_dir={os.environ['TDX_DATA_DIR']}"])
+    stop = StopFlag()
+    stop.signum = signal.SIGTERM
+    with pytest.raises(Interrupted):
+        evaluate(cfg, RunDir(tmp_path / "run"), Generator(cfg.srnam.z_dim, cfg.srnam.patch,
+                 cfg.srnam.width), DegradationNet(4), {"srcnn_bicubic": SRCNN(),
+                                                      "srcnn_learned": SRCNN()}, stop)
