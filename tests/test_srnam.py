@@ -63,7 +63,7 @@ def test_degradation_net_shapes(scale):
             D.logits.add_(torch.randn_like(D.logits))
         torch.testing.assert_close(D(torch.full((1, 3, 8 * scale, 8 * scale), 0.3)),
                                    torch.full((1, 3, 8, 8), 0.3))
-        k = D.blur_kernel()
+        k = D.blur_kernel().detach()
         assert (k >= 0).all() and abs(float(k.sum()) - 1) < 1e-5
 
 
