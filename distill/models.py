@@ -19,7 +19,6 @@ embedding (`embedding_matrix()`, V x e).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from torch import Tensor, nn
 
 from tdx.config import UsageError
 from tdx.embed.compress import LowRank
-
-log = logging.getLogger("tdx")
 
 
 def minilm_dir() -> Path:
@@ -233,10 +230,6 @@ def hard_ids(ids: Tensor, positions: Tensor, tokens: Tensor) -> Tensor:
 def kd_targets(teacher: Encoder, batch: Batch) -> Tensor:
     with torch.no_grad():
         return teacher(batch)
-
-
-def param_ratio(teacher: Encoder, student: Encoder) -> float:
-    return teacher.size() / student.size()
 
 
 def describe(student: Student) -> str:

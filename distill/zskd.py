@@ -52,7 +52,7 @@ from tdx.distill.models import (
 )
 from tdx.distill.tasks import Example, Task, get_task, read, scores
 from tdx.distributed import WORLD
-from tdx.loop import Stage, load_state, run_stage
+from tdx.loop import Stage, load_state, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
@@ -79,12 +79,6 @@ class TaskData:
         return read(self.task, self.data_dir, "eval", limit)
 
 
-def step_rng(cfg: DictConfig, stage: str, i: int) -> torch.Generator:
-    """The random source of update i of a stage: a resumed run draws the same batches."""
-    salt = sum(ord(c) * 31 ** k for k, c in enumerate(stage)) % 100_003
-    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + salt * 7919 + i)
-
-
 def lr_at(i: int, steps: int, lr: float, warmup: float) -> float:
     """Linear warm-up over `warmup` of the updates, then linear decay to 0 (BERT)."""
     w = max(1, int(warmup * steps))
@@ -106,6 +100,8 @@ class Inputs:
     def __init__(self, tok: Any, task: Task, max_len: int):  # noqa: ANN401 - HF tokenizer
         self.tok, self.task, self.max_len = tok, task, max_len
         self.special = torch.tensor(sorted(set(tok.all_special_ids)))
+        # ordinary word pieces: not special, not [unusedN]
+        self.pieces = sorted(i for w, i in tok.get_vocab().items() if not w.startswith("["))
 
     def examples(self, exs: list[Example]) -> tuple[Batch, Tensor]:
         b = [e[1] or "" for e in exs] if self.task.pair else None
@@ -119,21 +115,13 @@ class Inputs:
 
     def random(self, lengths: list[int], n: int, rng: torch.Generator) -> Batch:
         seed = int(torch.randint(2**31 - 1, (1,), generator=rng))
-        vocab = self.word_pieces()
-        seqs = text.random_tokens(lengths, vocab, n, seed)
+        seqs = text.random_tokens(lengths, self.pieces, n, seed)
         return pack([s[: self.max_len - 2] for s in seqs], self.tok.cls_token_id,
                     self.tok.sep_token_id, self.tok.pad_token_id)
 
-    def word_pieces(self) -> list[int]:
-        """Ordinary word pieces: not special, not [unusedN]."""
-        if not hasattr(self, "_pieces"):
-            vocab = self.tok.get_vocab()
-            self._pieces = sorted(i for w, i in vocab.items() if not w.startswith("["))
-        return self._pieces
-
     def allowed(self, V: int) -> Tensor:
         mask = torch.zeros(V, dtype=torch.bool)
-        mask[torch.tensor(self.word_pieces())] = True
+        mask[torch.tensor(self.pieces)] = True
         return mask
 
 
@@ -162,7 +150,8 @@ def teacher_stage(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inp
         if not pool:  # read only when the stage really trains
             pool.extend(data.teacher_examples())
         teacher.train()
-        batch, labels = inputs.examples(sample(pool, s.batch, step_rng(cfg, "teacher", i)))
+        rng = step_generator(cfg.seed, "teacher", i)
+        batch, labels = inputs.examples(sample(pool, s.batch, rng))
         loss = label_loss(teacher(batch), labels, inputs.task.regression)
         set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
         opt.zero_grad()
@@ -182,7 +171,7 @@ def generator_stage(cfg: DictConfig, adversary: GumbelMLM, inputs: Inputs, ood: 
     opt = adversary.opt
 
     def step(i: int) -> dict[str, float]:
-        rng = step_rng(cfg, "generator", i)
+        rng = step_generator(cfg.seed, "generator", i)
         adversary.gen.train()
         loss = adversary.mlm_loss(inputs.texts(sample(ood, cfg.zskd.student.batch, rng)), rng)
         opt.zero_grad()
@@ -207,7 +196,7 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
         return kd_loss(logits, target, s.temperature, regression)
 
     def step(i: int) -> dict[str, float]:
-        rng = step_rng(cfg, name, i)
+        rng = step_generator(cfg.seed, name, i)
         student.train()
         metrics: dict[str, float] = {}
         if recipe in ("labels", "kd_task"):

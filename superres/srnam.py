@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from tdx import distributed
 from tdx.config import UsageError
-from tdx.loop import Interrupted, Stage, run_stage
+from tdx.loop import Interrupted, Stage, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 from tdx.superres.images import (
     Degradation,
@@ -81,11 +81,6 @@ def hidden(cfg: DictConfig, seed: int) -> Degradation:
                        jpeg=tuple(h.jpeg), seed=seed)
 
 
-def batch_gen(cfg: DictConfig, stage: str, i: int) -> torch.Generator:
-    """The random source of update i of a stage: resumed runs draw the same batches."""
-    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + STAGES.index(stage) * 7919 + i)
-
-
 # ----------------------------------------------------------------------- stage 1
 
 def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Tensor]
@@ -98,7 +93,7 @@ def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Ten
 
     def step(i: int) -> dict[str, float]:
         G.train()
-        gen = batch_gen(cfg, "generator", i)
+        gen = step_generator(cfg.seed, "generator", i)
         real = random_patches(images, s.batch, cfg.srnam.patch, gen)
         z = torch.randn(s.batch, G.z_dim, generator=gen)
         loss_c = F.relu(1 - C(real)).mean() + F.relu(1 + C(G(z).detach())).mean()  # hinge
@@ -163,7 +158,8 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
     targets = [camera(img, 10_000 + i) for i, img in enumerate(eval_images)]
 
     def step(i: int) -> dict[str, float]:
-        idx = torch.randint(len(Z), (s.batch,), generator=batch_gen(cfg, "degradation", i))
+        rng = step_generator(cfg.seed, "degradation", i)
+        idx = torch.randint(len(Z), (s.batch,), generator=rng)
         y, z = lr_patches[idx], Z[idx]
         out = D(G(z))
         l1 = (out - y).abs().mean()
@@ -211,7 +207,8 @@ def srcnn_stage(cfg: DictConfig, name: str, net: SRCNN, images: list[Tensor],
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
 
     def step(i: int) -> dict[str, float]:
-        hr = distributed.shard(random_patches(images, s.batch, s.patch, batch_gen(cfg, name, i)))
+        rng = step_generator(cfg.seed, name, i)
+        hr = distributed.shard(random_patches(images, s.batch, s.patch, rng))
         with torch.no_grad():
             lr = quantize(degrade(hr).clamp(0, 1))
         loss = F.mse_loss(model(upsample(lr, scale)), hr)

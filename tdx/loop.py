@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import signal
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,12 @@ class Stage:
     units: float = 1.0  # samples per update, for the throughput
     unit_name: str = "samples"
     extra: dict[str, Any] = field(default_factory=dict)  # saved with the stage (numbers)
+
+
+def step_generator(seed: int, stage: str, i: int) -> torch.Generator:
+    """The random source of update i of a stage: a resumed run draws the same batches."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()) % 100_003
+                                         * 7919 + i)
 
 
 def _save(path: Path, stage: Stage, step: int, cfg: DictConfig) -> None:

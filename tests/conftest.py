@@ -30,8 +30,8 @@ TINY_MT = ["+model.encoder_embed_dim=32", "+model.decoder_embed_dim=32",
 
 
 def wait_for_lines(folder: Path, n: int, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
     """Wait until a run under `folder` has logged `n` metrics lines."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         found = list(folder.rglob("metrics.jsonl"))
         if found and sum(1 for _ in found[0].open()) >= n:

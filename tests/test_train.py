@@ -4,14 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import yaml
 
 from tdx.config import CONF_DIR, group_options
 
-from .conftest import TDX, TINY, only_run, summary, tdx
+from .conftest import TDX, TINY, only_run, summary, tdx, wait_for_lines
 
 DIVERGE = ["optim=sgd", "optim.lr=1e38"]
 
@@ -75,12 +74,7 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     proc = subprocess.Popen([TDX, "train", "copy", *slow, f"paths.runs_dir={cut_dir}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=os.environ.copy())
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list(cut_dir.rglob("metrics.jsonl"))
-        if found and sum(1 for _ in found[0].open()) >= 8:
-            break
-        time.sleep(0.2)
+    wait_for_lines(cut_dir, 8)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
