@@ -140,8 +140,11 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
     result: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     i = start
+    # Every rank must make the same number of updates (DDP all-reduces in each): a stop
+    # signal is acted on only through `any_rank`, never by one rank's own flag.
+    stopping = any_rank(bool(stop))
     try:
-        while i < stage.steps and not stop:
+        while i < stage.steps and not stopping:
             metrics = stage.step(i)
             i += 1
             loss = float(metrics.get("loss", 0.0))
@@ -157,11 +160,11 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
                 bar.message(f"[{stage.name}] update {i} " + fmt(result))
             if i % t.save_every == 0 and i < stage.steps:
                 _save(last, stage, i, cfg)
-            if any_rank(bool(stop)):  # every rank stops after the same update
-                stop.signum = stop.signum or signal.SIGTERM
+            stopping = any_rank(bool(stop))
     finally:
         bar.close()
-    if stop:
+    if stopping:
+        stop.signum = stop.signum or signal.SIGTERM
         _save(last, stage, i, cfg)
         raise Interrupted
     stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}

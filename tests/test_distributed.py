@@ -168,3 +168,33 @@ def test_cluster_launcher_configs_compose(launcher):
                             return_hydra_config=True)
     assert cfg.hydra.launcher._target_
     assert compose("copy").distributed.world_size == 1
+
+
+def test_a_rank_stops_only_when_every_rank_agrees(tmp_path, monkeypatch):
+    """A signal one rank received mid-update must not make it skip an update the other
+    ranks are making (DDP would wait on it): run_stage acts on the all-reduced flag."""
+    from omegaconf import OmegaConf
+
+    from tdx import loop
+    from tdx.run import RunDir, StopFlag
+
+    stop, agreed, done = StopFlag(), [], []
+
+    def step(i: int) -> dict[str, float]:
+        if i == 2:
+            stop.signum = signal.SIGTERM  # this rank's own flag only
+        done.append(i)
+        return {"loss": 1.0}
+
+    def any_rank(flag: bool) -> bool:  # the other rank agrees from update 5 on
+        agreed.append(flag)
+        return flag and len(agreed) > 5
+
+    monkeypatch.setattr(loop, "any_rank", any_rank)
+    cfg = OmegaConf.create({"seed": 0, "trainer": {"log_every": 100, "valid_every": 100,
+                                                   "save_every": 100}})
+    stage = loop.Stage("s", steps=10, step=step, state={})
+    with pytest.raises(loop.Interrupted):
+        loop.run_stage(stage, cfg, RunDir(tmp_path), stop)
+    assert done == [0, 1, 2, 3, 4]
+    assert (tmp_path / "checkpoints" / "s_last.pt").exists()
