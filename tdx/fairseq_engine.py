@@ -242,8 +242,9 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     bar = TrainProgress(t.max_update, start=step, log_every=t.log_every,
                         description=cfg.name)
     status = "completed"
+    stopping = any_rank(bool(stop))  # acted on only when every rank agrees (see loop.py)
     try:
-        while step < t.max_update and not stop:
+        while step < t.max_update and not stopping:
             itr = GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), t.get("update_freq", 1))
             for samples in itr:
                 out = trainer.train_step(samples)
@@ -264,9 +265,8 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
                     bar.message(f"[valid] step {step} " + fmt(scores))
                 if step % t.save_every == 0 or step >= t.max_update:
                     save()
-                if any_rank(bool(stop)):  # every rank stops at the same update
-                    stop.signum = stop.signum or signal.SIGTERM
-                if step >= t.max_update or stop:
+                stopping = any_rank(bool(stop))  # every rank stops at the same update
+                if step >= t.max_update or stopping:
                     break
             if not itr.has_next() and step < t.max_update:
                 if t.max_epoch and epoch_itr.epoch >= t.max_epoch:
@@ -284,7 +284,8 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
 
     sums = gather(checksum(trainer.get_model()))
     run.update(param_checksums=sums)  # one per rank: equal if the ranks stayed in step
-    if stop and status == "completed":
+    if stopping and status == "completed":
+        stop.signum = stop.signum or signal.SIGTERM
         save()
         run.finish("interrupted", step=step, best=best, rate_tok_s=round(bar.rate))
         log.warning("interrupted at update %d; resume with resume=%s", step, run.path)
