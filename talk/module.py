@@ -20,7 +20,7 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from tdx.talk.ops import _interp, talk
+from tdx.talk.ops import _interp, relative_offsets, talk_layer
 
 
 @with_incremental_state
@@ -47,15 +47,17 @@ class TaLKConv(nn.Module):
                 f"right_max={self.right_max}, causal={self.causal}, "
                 f"offset_dropout={self.offset_dropout}")
 
+    def dropout_mask(self, x: Tensor) -> Tensor | None:
+        """Offset dropout's keep mask (T, B, A), or None outside training."""
+        if not (self.training and self.offset_dropout > 0):
+            return None
+        T, B, _ = x.shape
+        return torch.rand(T, B, self.offsets.out_features, device=x.device) >= self.offset_dropout
+
     def relative_offsets(self, x: Tensor) -> Tensor:
         """(T, B, C) -> a in [0, 1]: (T, B, 2H), left offsets of the heads then right ones,
         or (T, B, H) for a causal layer (Eq. 3-4 before scaling by l_max, r_max)."""
-        logits = self.offsets(x)  # half/bfloat16 -> float32
-        a = torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float())
-        if self.training and self.offset_dropout > 0:
-            keep = torch.rand_like(a) >= self.offset_dropout
-            a = a * keep  # a dropped offset becomes 0, not rescaled
-        return a
+        return relative_offsets(x, self.offsets.weight, self.offsets.bias, self.dropout_mask(x))
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,
                 incremental_state: dict | None = None) -> Tensor:
@@ -67,8 +69,8 @@ class TaLKConv(nn.Module):
             x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)  # (T, B, C)
         if incremental_state is not None:
             return self._step(x, incremental_state)
-        a = self.relative_offsets(x)
-        return talk(x, a, self.num_heads, self.left_max, self.right_max, fast=self.fast)
+        return talk_layer(x, self.offsets.weight, self.offsets.bias, self.dropout_mask(x),
+                          self.num_heads, self.left_max, self.right_max, fast=self.fast)
 
     # -- incremental (causal) decoding -------------------------------------------------
     def _step(self, x: Tensor, incremental_state: dict) -> Tensor:

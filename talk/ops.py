@@ -105,6 +105,65 @@ class _TaLKFunction(torch.autograd.Function):
         return gx, ga, None, None, None
 
 
+def relative_offsets(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None = None
+                     ) -> Tensor:
+    """a = sigmoid(x W^T + b) in [0, 1] (Eq. 3-4 before scaling by l_max, r_max), times the
+    offset-dropout mask `keep` (a dropped offset becomes 0, not rescaled). (T, B, C) ->
+    (T, B, A); float32 for half/bfloat16 inputs."""
+    logits = F.linear(x, weight.to(x.dtype), bias.to(x.dtype))
+    a = torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float())
+    return a if keep is None else a * keep
+
+
+class _TaLKLayerFunction(torch.autograd.Function):
+    """The offsets (Linear, sigmoid, dropout mask: Eq. 3-4) and the window average in one
+    Function. Backward adds the gradient that reaches x through the offsets into the
+    kernel's dL/dx in place (one addmm_), where autograd would allocate a second (T, B, C)
+    gradient and sum the two: a third less memory traffic in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None,
+                heads: int, l_max: int, r_max: int) -> Tensor:
+        T, B, C = x.shape
+        sig = torch.sigmoid(torch.addmm(bias, x.view(T * B, C), weight.t())).view(T, B, -1)
+        a = sig if keep is None else sig * keep  # (T, B, A)
+        ctx.save_for_backward(x, weight, sig, keep)
+        ctx.args = (heads, l_max, r_max)
+        return _C.forward(x, a, heads, l_max, r_max)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, sig, keep = ctx.saved_tensors
+        a = sig if keep is None else sig * keep
+        gx, ga = _C.backward(grad.contiguous(), x, a, *ctx.args)
+        g_logits = ga * sig * (1 - sig)  # (T, B, A)
+        if keep is not None:
+            g_logits = g_logits * keep
+        T, B, C = x.shape
+        g_logits = g_logits.view(T * B, -1)
+        gx.view(T * B, C).addmm_(g_logits, weight)  # + dL/dx through the offsets
+        g_weight = g_logits.t() @ x.view(T * B, C) if ctx.needs_input_grad[1] else None
+        g_bias = g_logits.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, g_weight, g_bias, None, None, None, None
+
+
+def talk_layer(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None, heads: int,
+               l_max: int, r_max: int, fast: bool = True) -> Tensor:
+    """A whole TaLK layer's op: a = sigmoid(x W^T + b) (times the dropout mask `keep`), then
+    `talk(x, a, ...)`. weight (A, C) with A = 2H (encoder) or H (causal). The fused Function
+    on the kernel's path; the same ops through autograd otherwise."""
+    if not (fast and kernel_available() and x.device.type == "cpu"):
+        return talk(x, relative_offsets(x, weight, bias, keep), heads, l_max, r_max,
+                    fast=False)
+    if weight.size(0) == heads:
+        r_max = 0
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    keep = None if keep is None else keep.to(work)
+    out = _TaLKLayerFunction.apply(x.to(work).contiguous(), weight.to(work), bias.to(work),
+                                   keep, heads, l_max, r_max)
+    return out.to(x.dtype)
+
+
 def talk(x: Tensor, a: Tensor, heads: int, l_max: int, r_max: int, fast: bool = True
          ) -> Tensor:
     """TaLK window average from relative offsets (Eq. 3-6): x (T, B, C) and a (T, B, 2H)

@@ -94,6 +94,48 @@ def test_kernel_equals_tensor_ops_with_gradients(causal):
             torch.testing.assert_close(g_kernel, g_ops, atol=1e-5, rtol=1e-4)
 
 
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_layer_gradcheck(causal):
+    """The fused offsets + window Function (talk_layer): gradients for x, W, b in float64,
+    with an offset-dropout mask."""
+    g = torch.Generator().manual_seed(1)
+    T, B, C, H = 8, 2, 4, 2
+    A = H if causal else 2 * H
+    x = torch.randn(T, B, C, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(A, C, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(A, dtype=torch.float64, generator=g, requires_grad=True)
+    keep = torch.rand(T, B, A, generator=g) >= 0.3
+
+    def f(x, w, b):
+        return ops.talk_layer(x, w, b, keep, H, 3, 2)
+
+    assert torch.autograd.gradcheck(f, (x, w, b), eps=1e-6, atol=1e-7)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_layer_equals_unfused(causal):
+    """TaLKConv on the kernel path (one Function) equals it on plain autograd ops, output
+    and every parameter gradient, in training mode with offset dropout."""
+    layers = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        layers.append(TaLKConv(16, 4, 7, 0 if causal else 5, causal=causal,
+                               offset_dropout=0.2, fast=fast).train())
+    x = torch.randn(40, 3, 16)
+    results = []
+    for conv in layers:
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout mask
+        out = conv(xi)
+        gx, gw, gb = torch.autograd.grad(out.square().sum(),
+                                         (xi, conv.offsets.weight, conv.offsets.bias))
+        results.append((out, gx, gw, gb))
+    for fused, plain in zip(*results, strict=True):
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
+
+
 def test_fallback_when_kernel_is_off_or_missing(monkeypatch):
     x = torch.randn(6, 2, 4)
     a = torch.rand(6, 2, 4)
