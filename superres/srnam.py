@@ -312,7 +312,11 @@ def evaluate(cfg: DictConfig, run: RunDir, G: Generator, D: DegradationNet,
                     raise Interrupted
                 lr = given_lr if kind == "bicubic" else camera(hr, 20_000 + i)
                 gen = torch.Generator().manual_seed(cfg.seed * 31 + i)
+                t = time.perf_counter()
                 rows = _score_image(cfg, hr, lr, G, D, bicubic_d, cnns, gen, border)
+                log.info("%s %s image %d/%d: %.0f s (SR-NAM learned D %.2f dB best of %d)",
+                         set_name, kind, i + 1, len(pairs), time.perf_counter() - t,
+                         rows["srnam_learned_psnr"], cfg.srnam.infer.k)
                 for key, v in rows.items():
                     sums.setdefault(key, []).append(v)
                 if kind == "realistic" and i < cfg.srnam.eval.grid_images and \
