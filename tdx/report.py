@@ -240,7 +240,23 @@ def srnam_notes(runs: list[Run]) -> str:
             "LR|, both of 255, per set. Closeness to the hidden degradation, PSNR of a "
             f"degradation's output against the hidden pipeline's LR of unseen T91 images: "
             f"learned D {learned} dB, bicubic {bicubic} dB. G's best latent fit of held-out "
-            f"HR patches: {f.get('generator/fit_psnr')} dB.\n")
+            f"HR patches: {f.get('generator/fit_psnr')} dB.\n" + _srnam_settings(runs[0]))
+
+
+def _srnam_settings(run: Run) -> str:
+    """What the evaluation used, and where its models came from (`srnam.init_from`)."""
+    sr = run.get("config.srnam") or {}
+    inf, ev = sr.get("infer", {}), sr.get("eval", {})
+    n = ev.get("max_images")
+    text = (f"\nEvaluation: {'the first ' + str(n) if n else 'all'} images of each set, "
+            f"x{sr.get('scale')}, K={inf.get('k')} candidates, {inf.get('steps')} latent "
+            f"steps per candidate, LR patch stride {inf.get('stride')}.")
+    if src := sr.get("init_from"):
+        summary = Path(src) / "summary.json"
+        commit = read_json(summary).get("git_commit") if summary.exists() else None
+        text += (f" Trained models loaded from `{src}`"
+                 + (f" (trained at commit {commit})." if commit else "."))
+    return text + "\n"
 
 
 ZSKD_RECIPES = {"labels": "(1) task labels", "kd_task": "(2) KD, task data",

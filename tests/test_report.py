@@ -100,3 +100,27 @@ def test_overrides_are_recorded(tmp_path):
     run = RunDir(tmp_path / "r")
     run.write_config({"a": 1}, ["a=1"])
     assert yaml.safe_load((run.path / "overrides.yaml").read_text()) == ["a=1"]
+
+
+def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
+    """The SR-NAM table: a row per method, and the notes say which images and inference
+    settings were used and where the trained models came from."""
+    monkeypatch.chdir(tmp_path)
+    src = RunDir(tmp_path / "trained")
+    src.start(1, "srnam")
+    src.finish("completed")
+    run = RunDir(tmp_path / "eval")
+    run.write_config({"name": "srnam", "seed": 1, "srnam": {
+        "scale": 4, "init_from": "trained", "infer": {"k": 4, "steps": 20, "stride": 6},
+        "eval": {"max_images": 5}}}, ["experiment=srnam"])
+    run.start(1, "srnam")
+    final = {f"Set5/{kind}/{m}_{x}": 20.0 for kind in ("bicubic", "realistic")
+             for m in ("bicubic", "srnam_learned") for x in ("psnr", "ssim", "sec")}
+    run.finish("completed", final=final)
+    out = tmp_path / "srnam.md"
+    report([run.path], preset="srnam", out=out)
+    text = out.read_text()
+    assert "| SR-NAM, learned D | 20.00 / 20.0000 | 20.00 / 20.0000 |" in text
+    assert "the first 5 images of each set, x4, K=4 candidates, 20 latent steps" in text
+    commit = json.loads((src.path / "summary.json").read_text())["git_commit"]
+    assert f"loaded from `trained` (trained at commit {commit})" in text
