@@ -292,7 +292,22 @@ def zskd_notes(runs: list[Run]) -> str:
     return ("\nScores in percent on each task's evaluation split (SST-2/STS-B dev, MRPC test, "
             "SentEval held-out file); MRPC and STS-B show the mean of their two figures (F1 "
             "and accuracy, Pearson and Spearman). ZS = zero-shot: the student never saw a "
-            "task input. (x%) is the student's share of the teacher's score.\n")
+            "task input. (x%) is the student's share of the teacher's score.\n"
+            + _zskd_budgets(runs))
+
+
+def _zskd_budgets(runs: list[Run]) -> str:
+    """The budgets and seeds the table's runs used (one line per distinct setting)."""
+    lines = set()
+    for r in runs:
+        z = r.get("config.zskd") or {}
+        t, s, g = z.get("teacher", {}), z.get("student", {}), z.get("gumbel", {})
+        lines.add(f"Budgets: teacher {t.get('steps')} updates x {t.get('batch')}; every "
+                  f"student {s.get('steps')} updates x {s.get('batch')} (adversarial "
+                  f"recipes: + a batch of rewrites per update; Gumbel-MLM generator "
+                  f"pre-trained {g.get('pretrain_steps')} updates); seed "
+                  f"{r.get('config.seed')}.")
+    return "".join(f"\n{x}\n" for x in sorted(lines))
 
 
 CUSTOM_TABLES: dict[str, Callable[[list[Run]], tuple[list[str], list[list[str]]]]] = {

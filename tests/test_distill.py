@@ -183,6 +183,7 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     table = (tmp_path / "z.md").read_text()
     assert "| mrpc | f1/acc |" in table and "(5) ZS + adv. Gumbel-MLM" in table, rep.stdout
     assert "%)" in table.split("| mrpc |")[1] and (tmp_path / "z.png").stat().st_size > 0
+    assert "Budgets: teacher 2 updates x 32; every student 2 updates x 32" in table
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
