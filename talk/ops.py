@@ -88,6 +88,14 @@ def kernel_available() -> bool:
     return _C is not None and os.environ.get("TDX_TALK_KERNEL", "1") != "0"
 
 
+def kernel_dtype(x: Tensor, fast: bool = True) -> torch.dtype | None:
+    """The dtype the C++ kernel computes x in (float64, else float32), or None where the
+    tensor ops are used instead (CUDA, `fast=False`, kernel not built or switched off)."""
+    if not (fast and kernel_available() and x.device.type == "cpu"):
+        return None
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 class _TaLKFunction(torch.autograd.Function):
     """Window average with the fused CPU kernel: forward and backward each stream over time
     per (batch, head) column and never store the summed-area table."""
@@ -119,7 +127,7 @@ class _TaLKLayerFunction(torch.autograd.Function):
     """The offsets (Linear, sigmoid, dropout mask: Eq. 3-4) and the window average in one
     Function. Backward adds the gradient that reaches x through the offsets into the
     kernel's dL/dx in place (one addmm_), where autograd would allocate a second (T, B, C)
-    gradient and sum the two: a third less memory traffic in the backward pass."""
+    gradient and sum the two (peak fwd+bwd memory a third lower)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None,
@@ -152,12 +160,12 @@ def talk_layer(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None, hea
     """A whole TaLK layer's op: a = sigmoid(x W^T + b) (times the dropout mask `keep`), then
     `talk(x, a, ...)`. weight (A, C) with A = 2H (encoder) or H (causal). The fused Function
     on the kernel's path; the same ops through autograd otherwise."""
-    if not (fast and kernel_available() and x.device.type == "cpu"):
+    work = kernel_dtype(x, fast)
+    if work is None:
         return talk(x, relative_offsets(x, weight, bias, keep), heads, l_max, r_max,
                     fast=False)
-    if weight.size(0) == heads:
+    if weight.size(0) == heads:  # causal
         r_max = 0
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     keep = None if keep is None else keep.to(work)
     out = _TaLKLayerFunction.apply(x.to(work).contiguous(), weight.to(work), bias.to(work),
                                    keep, heads, l_max, r_max)
@@ -176,11 +184,11 @@ def talk(x: Tensor, a: Tensor, heads: int, l_max: int, r_max: int, fast: bool = 
     causal = a.size(-1) == heads
     if causal:
         r_max = 0
-    if not (fast and kernel_available() and x.device.type == "cpu"):
+    work = kernel_dtype(x, fast)
+    if work is None:
         a_left, a_right = (a, None) if causal else a.split(heads, dim=-1)
         left, right = window_edges(a_left, a_right, l_max, r_max)
         return talk_window_sum(x, left, right, l_max + r_max + 1)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = _TaLKFunction.apply(x.to(work).contiguous(), a.to(work).contiguous(), heads, l_max,
                               r_max)
     return out.to(x.dtype)

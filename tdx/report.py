@@ -252,8 +252,7 @@ def _srnam_settings(run: Run) -> str:
             f"x{sr.get('scale')}, K={inf.get('k')} candidates, {inf.get('steps')} latent "
             f"steps per candidate, LR patch stride {inf.get('stride')}.")
     if src := sr.get("init_from"):
-        summary = Path(src) / "summary.json"
-        commit = read_json(summary).get("git_commit") if summary.exists() else None
+        commit = read_json(Path(src) / "summary.json").get("git_commit")  # {} if absent
         text += (f" Trained models loaded from `{src}`"
                  + (f" (trained at commit {commit})." if commit else "."))
     return text + "\n"
