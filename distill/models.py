@@ -159,8 +159,10 @@ class Student(Encoder):
                  dropout: float = 0.1, pad: int = 0):
         super().__init__()
         self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
+        # on the mean of the real tokens' states: from scratch, a [CLS]-pooled student sat
+        # at chance for 600 updates on SST-2 gold labels (49.2%); mean-pooled it reached 74.8
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Dropout(dropout),
-                                  nn.Linear(dim, labels))  # on [CLS], like BERT's pooler
+                                  nn.Linear(dim, labels))
 
     def embedding_matrix(self) -> Tensor:
         return self.body.words.weight
@@ -169,7 +171,9 @@ class Student(Encoder):
         return self.body.words(ids)
 
     def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
-        return self.head(self.body(x, mask, types)[:, 0])
+        h = self.body(x, mask, types)  # (B, L, d)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        return self.head((h * m).sum(1) / m.sum(1).clamp(min=1))  # mean over real tokens
 
     def size(self) -> int:  # the embedding's fixed offsets count too
         return int(sum(p.numel() for p in self.parameters()) + self.body.words.m.numel())

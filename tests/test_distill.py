@@ -115,6 +115,20 @@ class _Toy(torch.nn.Module):
         return self.forward_embeds(self.embed(b.ids), b.mask, b.types)
 
 
+def test_student_pools_real_tokens_only():
+    from tdx.distill.models import Batch, Student
+
+    torch.manual_seed(0)
+    student = Student(30, labels=2, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12,
+                      dropout=0.0).eval()
+    ids = torch.tensor([[1, 5, 6, 2]])
+    padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]])
+    short, long = (student(Batch(i, i != 0, torch.zeros_like(i))) for i in (ids, padded))
+    torch.testing.assert_close(short, long)
+    other = torch.tensor([[1, 5, 7, 2]])  # every real token counts, not only [CLS]
+    assert not torch.allclose(short, student(Batch(other, other != 0, torch.zeros_like(other))))
+
+
 def test_gumbel_softmax_path_carries_gradient_to_the_generator():
     from tdx.distill.adversary import GumbelMLM
     from tdx.distill.models import Batch, Generator, freeze
