@@ -1,9 +1,10 @@
 """`tdx bench talk-op`: TaLK against the operators it replaces, on identical inputs.
 
 For each length T, every operator runs in a fresh subprocess (isolated from the others and
-bounded by a timeout): warm-up, then the median of repeated forward and forward+backward
-passes, and the peak tensor memory above the inputs, from torch's profiler (allocations and
-frees in time order; compile-time memory of TaLK's fused path is not counted).
+bounded by a timeout): warm-up (up to 3 calls), then the median of forward and of
+forward+backward passes (at least `repeats` calls and a second of them), and the peak tensor
+memory above the inputs, from torch's profiler (allocations and frees in time order;
+compile-time memory of TaLK's fused path is not counted).
 
 Operators, x of shape (T, B, C), H heads, kernel 2K+1 where one is needed:
 - talk         TaLKConv encoder layer (offset projection + window average), l_max=r_max=K
@@ -80,14 +81,31 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float) -> float:
-    times = []
+MIN_TIME_S = 1.0  # each median covers at least this much timed work (or `repeats` calls)
+
+
+def _warm_up(fn: Callable[[], Any], calls: int = 3, max_s: float = 2.0) -> None:
+    """A few calls first (allocator growth, first-touch pages, one-time setup), at least
+    one and no more than `max_s` seconds' worth."""
     start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(calls):
+        fn()
+        if time.perf_counter() - start > max_s:
+            break
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float,
+               min_s: float = MIN_TIME_S) -> float:
+    """Median of at least `repeats` calls that together take at least `min_s` seconds, so a
+    5-ms call is timed ~200 times (five calls gave medians from 5.3 to 7.9 ms at T=512),
+    stopping early once `budget_s` is spent."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_s:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s and len(times) >= 1:
+        if time.perf_counter() - start > budget_s:
             break
     return statistics.median(times) * 1e3
 
@@ -109,7 +127,7 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
         grads = torch.autograd.grad(out.sum(), inputs)
         del grads
 
-    fwd(), fwd_bwd()  # warm-up (and compile, for TaLK's fused path)
+    _warm_up(fwd), _warm_up(fwd_bwd)
     return {"fwd_ms": round(_median_ms(fwd, repeats, budget_s), 3),
             "fwd_bwd_ms": round(_median_ms(fwd_bwd, repeats, budget_s), 3),
             "peak_fwd_mb": round(peak_memory_mb(fwd), 3),
@@ -226,6 +244,7 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
                    "kmax": kmax, "kernel_size": 2 * kmax + 1, "repeats": repeats,
+                   "min_time_s": MIN_TIME_S,
                    "dtype": "float32", "malloc": malloc, "malloc_env": MALLOC[malloc],
                    "talk_kernel": _talk_kernel_built()},
         "machine": machine_info(), "git_commit": git_commit(),
@@ -247,8 +266,10 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
     lines = [
         "# TaLK operator benchmark", "",
         f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
-        f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms; "
-        "memory is the peak tensor memory above the inputs in MB (torch profiler). "
+        f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms "
+        f"(after up to 3 warm-up calls, of at least {cfg['repeats']} calls and "
+        f"{cfg.get('min_time_s', 0)} s of them); memory is the peak tensor memory above the "
+        "inputs in MB (torch profiler). "
         f"TaLK path: {'C++ kernel' if cfg.get('talk_kernel') else 'tensor ops'}; "
         f"allocator: {cfg.get('malloc', 'system')} {cfg.get('malloc_env') or '(glibc defaults)'}.",
         "",
