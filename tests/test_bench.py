@@ -2,8 +2,9 @@
 and answers bad arguments with exit code 2."""
 
 import json
+import time
 
-from tdx.talk.bench import checks, ratios
+from tdx.talk.bench import _median_ms, _warm_up, checks, ratios
 
 from .conftest import tdx
 
@@ -26,6 +27,19 @@ def test_bench_talk_op_tiny(tmp_path):
     assert png.stat().st_size > 1000
     assert res["command"].startswith("tdx bench talk-op")
     assert res["config"]["malloc"] == "reuse" and res["config"]["talk_kernel"]
+
+
+def test_timing_covers_a_minimum_time_and_respects_the_budget():
+    calls = []
+    fast = lambda: calls.append(time.sleep(0.001))  # noqa: E731
+    _median_ms(fast, repeats=3, budget_s=5.0, min_s=0.05)
+    assert len(calls) >= 10  # not just the 3 repeats: a short call is timed many times
+    calls.clear()
+    _median_ms(lambda: calls.append(time.sleep(0.02)), repeats=50, budget_s=0.05, min_s=0)
+    assert 2 <= len(calls) <= 4  # the budget stops long calls early
+    calls.clear()
+    _warm_up(lambda: calls.append(time.sleep(0.02)), calls=3, max_s=0.01)
+    assert len(calls) == 1  # at least one warm-up call, more only while time allows
 
 
 def test_targets_are_evaluated_from_numbers():
