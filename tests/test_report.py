@@ -124,3 +124,21 @@ def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
     assert "the first 5 images of each set, x4, K=4 candidates, 20 latent steps" in text
     commit = json.loads((src.path / "summary.json").read_text())["git_commit"]
     assert f"loaded from `trained` (trained at commit {commit})" in text
+
+
+def test_zskd_targets_from_hand_numbers():
+    from tdx.report import zskd_targets
+
+    scores = {"sst2": {"random": (50.0, 56.0), "ood": (65.0, 74.0),
+                       "adv_gumbel": (80.0, 91.0), "adv_pgd": (66.0, 75.0)},
+              "mr": {"random": (52.0, 60.0), "ood": (51.0, 59.0),
+                     "adv_gumbel": (64.0, 74.0), "adv_pgd": (52.5, 61.0)}}
+    lines = zskd_targets(scores)
+    assert lines[0] == "Targets, from the 2 task(s) above (mr, sst2):"
+    assert "(5) >= 75% of the teacher on every task: MISSED (lowest 74.0% on mr)" in lines
+    assert "(5) >= 90% of the teacher on SST-2: met (91.0%)" in lines
+    assert "(5) - (4), mean over 2 task(s): +14.00 points (target >= +1: met)" in lines
+    assert "(5b) - (4), mean over 2 task(s): +1.25 points (target >= +1: met)" in lines
+    assert "(5b) >= 90% of the teacher on SST-2: MISSED (75.0%)" in lines
+    assert lines[-1] == ("(4) - (3), mean over 2 task(s): +7.00 points; (4) > (3) on 1 of 2 "
+                         "(not on mr): MISSED")
