@@ -510,6 +510,7 @@ PLOTS: dict[str, Callable[[list[Run], Path], None]] = {"embed": plot_embed, "zsk
 def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
            aggregate: bool = False, out: Path | None = None, plot_file: Path | None = None,
            plot_metric: str = "valid.exact_match", command: str = "tdx report") -> str:
+    git_commit()  # read (and cached) before this report rewrites tracked files in results/
     runs = collect(paths)
     headers, rows = preset_table(runs, preset) if preset else generic_table(runs, aggregate)
     text = render(headers, rows, fmt)
