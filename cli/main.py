@@ -207,6 +207,8 @@ def bench_talk_op(
     heads: Annotated[int, typer.Option(help="H")] = 8,
     kmax: Annotated[int, typer.Option(help="K: TaLK maxima; kernel 2K+1 for convs")] = 15,
     repeats: Annotated[int, typer.Option(help="timed repeats (median)")] = 5,
+    min_time: Annotated[float, typer.Option(help="seconds of timed calls per median, at "
+                                            "least")] = 1.0,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
         "talk,lightconv,dynamicconv,attention,floor",
     malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
@@ -231,8 +233,11 @@ def bench_talk_op(
     if unknown or not Ts or min(Ts) < 1:
         raise UsageError(f"Unknown operator(s) {unknown}; choose from {', '.join(bench.OPS)}."
                          if unknown else "--lengths must hold positive integers.")
+    if min_time < 0:
+        raise UsageError("--min-time must be >= 0.")
     res = bench.run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen,
-                              malloc=malloc, progress=lambda m: err.print(m, highlight=False))
+                              malloc=malloc, min_time_s=min_time,
+                              progress=lambda m: err.print(m, highlight=False))
     table = Table("T", *[f"{o} fwd/fwd+bwd ms (MB)" for o in chosen], title="TaLK operator")
     for T, row in res["results"].items():
         table.add_row(T, *[r.get("error", "?")[:24] if "error" in r else

@@ -111,7 +111,7 @@ def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float,
 
 
 def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
-            budget_s: float) -> dict[str, Any]:
+            budget_s: float, min_s: float = MIN_TIME_S) -> dict[str, Any]:
     """Run in the worker subprocess: time and peak memory of one operator at one length."""
     import torch
 
@@ -128,8 +128,8 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
         del grads
 
     _warm_up(fwd), _warm_up(fwd_bwd)
-    return {"fwd_ms": round(_median_ms(fwd, repeats, budget_s), 3),
-            "fwd_bwd_ms": round(_median_ms(fwd_bwd, repeats, budget_s), 3),
+    return {"fwd_ms": round(_median_ms(fwd, repeats, budget_s, min_s), 3),
+            "fwd_bwd_ms": round(_median_ms(fwd_bwd, repeats, budget_s, min_s), 3),
             "peak_fwd_mb": round(peak_memory_mb(fwd), 3),
             "peak_fwd_bwd_mb": round(peak_memory_mb(fwd_bwd), 3)}
 
@@ -145,10 +145,12 @@ def _rss_bytes(pid: int) -> int:
 
 
 def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
-            budget_s: float, timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
+            budget_s: float, timeout_s: float, malloc: str = "reuse",
+            min_s: float = MIN_TIME_S) -> dict[str, Any]:
     """One operator at one length in a worker process (see run_worker)."""
     return run_worker([sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C),
-                       str(H), str(K), str(repeats), str(budget_s)], timeout_s, malloc)
+                       str(H), str(K), str(repeats), str(budget_s), str(min_s)], timeout_s,
+                      malloc)
 
 
 def run_worker(cmd: list[str], timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
@@ -225,6 +227,7 @@ def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
                   repeats: int = 5, budget_s: float = 20.0, timeout_s: float = 900.0,
+                  min_time_s: float = MIN_TIME_S,
                   ops: tuple[str, ...] = OPS, malloc: str = "reuse",
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
     from tdx.config import UsageError
@@ -240,11 +243,11 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
         for op in ops:
             progress(f"T={T:>6} {op:<12} ...")
             results[T][op] = run_one(op, T, batch, channels, heads, kmax, repeats, budget_s,
-                                     timeout_s, malloc)
+                                     timeout_s, malloc, min_time_s)
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
                    "kmax": kmax, "kernel_size": 2 * kmax + 1, "repeats": repeats,
-                   "min_time_s": MIN_TIME_S,
+                   "min_time_s": min_time_s,
                    "dtype": "float32", "malloc": malloc, "malloc_env": MALLOC[malloc],
                    "talk_kernel": _talk_kernel_built()},
         "machine": machine_info(), "git_commit": git_commit(),
@@ -321,7 +324,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # worker: python -m tdx.talk.bench OP T B C H K REPEATS BUDGET
+if __name__ == "__main__":  # worker: python -m tdx.talk.bench OP T B C H K REPEATS BUDGET MIN
     op, *nums = sys.argv[1:]
     T, B, C, H, K, R = map(int, nums[:6])
-    print(json.dumps(measure(op, T, B, C, H, K, R, float(nums[6]))))
+    print(json.dumps(measure(op, T, B, C, H, K, R, float(nums[6]), float(nums[7]))))

@@ -12,7 +12,8 @@ from .conftest import tdx
 def test_bench_talk_op_tiny(tmp_path):
     js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     proc = tdx("bench", "talk-op", "--lengths", "32,64", "--batch", "1", "--channels", "16",
-               "--heads", "2", "--kmax", "3", "--repeats", "1", "--ops", "talk,lightconv,floor",
+               "--heads", "2", "--kmax", "3", "--repeats", "1", "--min-time", "0",
+               "--ops", "talk,lightconv,floor",
                "--json", str(js), "--md", str(md), "--plot", str(png), cwd=tmp_path,
                timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -27,6 +28,7 @@ def test_bench_talk_op_tiny(tmp_path):
     assert png.stat().st_size > 1000
     assert res["command"].startswith("tdx bench talk-op")
     assert res["config"]["malloc"] == "reuse" and res["config"]["talk_kernel"]
+    assert res["config"]["min_time_s"] == 0
 
 
 def test_timing_covers_a_minimum_time_and_respects_the_budget():
