@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdx.bench import targets_and_provenance
+from tdx.bench import median_time, targets_and_provenance
 
 OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
 MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
@@ -84,32 +83,6 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
 MIN_TIME_S = 1.0  # each median covers at least this much timed work (or `repeats` calls)
 
 
-def _warm_up(fn: Callable[[], Any], calls: int = 3, max_s: float = 2.0) -> None:
-    """A few calls first (allocator growth, first-touch pages, one-time setup), at least
-    one and no more than `max_s` seconds' worth."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-        if time.perf_counter() - start > max_s:
-            break
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, budget_s: float,
-               min_s: float = MIN_TIME_S) -> float:
-    """Median of at least `repeats` calls that together take at least `min_s` seconds, so a
-    5-ms call is timed ~200 times (five calls gave medians from 5.3 to 7.9 ms at T=512),
-    stopping early once `budget_s` is spent."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_s:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times) * 1e3
-
-
 def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
             budget_s: float, min_s: float = MIN_TIME_S) -> dict[str, Any]:
     """Run in the worker subprocess: time and peak memory of one operator at one length."""
@@ -127,9 +100,11 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
         grads = torch.autograd.grad(out.sum(), inputs)
         del grads
 
-    _warm_up(fwd), _warm_up(fwd_bwd)
-    return {"fwd_ms": round(_median_ms(fwd, repeats, budget_s, min_s), 3),
-            "fwd_bwd_ms": round(_median_ms(fwd_bwd, repeats, budget_s, min_s), 3),
+    def ms(call: Callable[[], Any]) -> float:
+        return round(median_time(call, repeats, warmup=3, warmup_s=2.0, min_s=min_s,
+                                 budget_s=budget_s) * 1e3, 3)
+
+    return {"fwd_ms": ms(fwd), "fwd_bwd_ms": ms(fwd_bwd),
             "peak_fwd_mb": round(peak_memory_mb(fwd), 3),
             "peak_fwd_bwd_mb": round(peak_memory_mb(fwd_bwd), 3)}
 

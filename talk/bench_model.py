@@ -15,11 +15,12 @@ batches (MT: a vocabulary of 8000 like talk-mt's sentencepiece; LM: 256 characte
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from tdx.bench import median_time
 
 MT_MODELS = {"talk": "talkconv_multi30k", "transformer": "transformer_multi30k",
              "lightconv": "lightconv_multi30k", "dynamicconv": "dynamicconv_multi30k"}
@@ -52,17 +53,6 @@ def _build(arch: str, task_name: str, extra: list[str], vocab: int) -> tuple[Any
     task = SimpleNamespace(source_dictionary=d, target_dictionary=d, dictionary=d,
                            output_dictionary=d)
     return ARCH_MODEL_REGISTRY[arch].build_model(cfg.model, task), task
-
-
-def _median_s(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _train_step(model: Any, crit: Any, sample: dict) -> Callable[[], None]:
@@ -98,13 +88,14 @@ def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, fl
                             "prev_output_tokens": torch.cat([eos, tgt[:, :-1]], 1)},
               "target": tgt, "ntokens": batch * length}
 
-    train_s = _median_s(_train_step(model, crit, sample), 2, repeats)
+    train_s = median_time(_train_step(model, crit, sample), repeats, warmup=2)
     model.eval()
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0,
                             max_len_b=length, min_len=length)
     net = {"net_input": {"src_tokens": src, "src_lengths": sample["net_input"]["src_lengths"]}}
     with torch.no_grad():
-        gen_s = _median_s(lambda: gen.generate([model], net), 1, max(repeats // 2, 2))
+        gen_s = median_time(lambda: gen.generate([model], net), max(repeats // 2, 2),
+                            warmup=1)
     return {"params": sum(p.numel() for p in model.parameters()),
             "train_words_per_s": round(batch * length / train_s, 1),
             "gen_sent_per_s": round(batch / gen_s, 2)}
@@ -127,7 +118,7 @@ def measure_lm(arch: str, context: int, tokens: int, repeats: int) -> dict[str, 
 
     step = _train_step(model, crit, sample)
     return {"params": sum(p.numel() for p in model.parameters()),
-            "train_tok_per_s": round(batch * context / _median_s(step, 2, repeats), 1)}
+            "train_tok_per_s": round(batch * context / median_time(step, repeats, warmup=2), 1)}
 
 
 def ratios_and_checks(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

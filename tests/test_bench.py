@@ -4,7 +4,8 @@ and answers bad arguments with exit code 2."""
 import json
 import time
 
-from tdx.talk.bench import _median_ms, _warm_up, checks, ratios
+from tdx.bench import median_time
+from tdx.talk.bench import checks, ratios
 
 from .conftest import tdx
 
@@ -34,14 +35,14 @@ def test_bench_talk_op_tiny(tmp_path):
 def test_timing_covers_a_minimum_time_and_respects_the_budget():
     calls = []
     fast = lambda: calls.append(time.sleep(0.001))  # noqa: E731
-    _median_ms(fast, repeats=3, budget_s=5.0, min_s=0.05)
+    median_time(fast, repeats=3, warmup=0, min_s=0.05)
     assert len(calls) >= 10  # not just the 3 repeats: a short call is timed many times
     calls.clear()
-    _median_ms(lambda: calls.append(time.sleep(0.02)), repeats=50, budget_s=0.05, min_s=0)
+    median_time(lambda: calls.append(time.sleep(0.02)), repeats=50, warmup=0, budget_s=0.05)
     assert 2 <= len(calls) <= 4  # the budget stops long calls early
     calls.clear()
-    _warm_up(lambda: calls.append(time.sleep(0.02)), calls=3, max_s=0.01)
-    assert len(calls) == 1  # at least one warm-up call, more only while time allows
+    median_time(lambda: calls.append(time.sleep(0.02)), repeats=1, warmup=3, warmup_s=0.01)
+    assert len(calls) == 1 + 1  # at least one warm-up call, more only while time allows
 
 
 def test_targets_are_evaluated_from_numbers():
