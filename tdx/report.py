@@ -284,7 +284,24 @@ def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
                    f"{g[0].get('final.student_params') / 1e6:.2f}M")
         row.append(f"{g[0].get('final.compression')}x")
         rows.append(row)
+    if len(rows) > 1:
+        rows.append(_zskd_mean_row(students, len(rows)))
     return headers, rows
+
+
+def _zskd_mean_row(students: list[Run], n_tasks: int) -> list[str]:
+    """The average over tasks, as papers report it: the teacher's score, then each recipe's
+    score and % of the teacher (over the tasks that have the recipe)."""
+    scores = _zskd_scores(students)
+    teachers = {str(r.get("final.task")): (r.get("final.teacher") or {}).get("primary")
+                for r in students}
+    t = [v for v in teachers.values() if isinstance(v, int | float)]
+    row = [f"mean ({n_tasks} tasks)", "-", f"{statistics.mean(t):.2f}" if t else "-"]
+    for recipe in ZSKD_RECIPES:
+        have = [rs[recipe] for rs in scores.values() if recipe in rs]
+        row.append(f"{statistics.mean(s for s, _ in have):.1f} "
+                   f"({statistics.mean(p for _, p in have):.1f}%)" if have else "-")
+    return [*row, "", ""]
 
 
 def zskd_notes(runs: list[Run]) -> str:

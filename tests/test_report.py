@@ -142,3 +142,23 @@ def test_zskd_targets_from_hand_numbers():
     assert "(5b) >= 90% of the teacher on SST-2: MISSED (75.0%)" in lines
     assert lines[-1] == ("(4) - (3), mean over 2 task(s): +7.00 points; (4) > (3) on 1 of 2 "
                          "(not on mr): MISSED")
+
+
+def test_zskd_table_ends_with_the_mean_over_tasks(tmp_path):
+    from tdx.report import Run, zskd_table
+
+    def student(task, teacher, recipe, score, pct):
+        final = {"task": task, "recipe": recipe, "teacher": {"acc": teacher, "primary": teacher},
+                 "student": {"primary": score}, "pct_of_teacher": pct,
+                 "teacher_params": 22_700_000, "student_params": 730_000, "compression": 31.1}
+        return Run(tmp_path, {"final": final}, {}, {})
+
+    runs = [student("sst2", 88.0, "ood", 66.0, 75.0), student("sst2", 88.0, "adv_pgd", 70.0, 79.5),
+            student("mr", 84.0, "ood", 60.0, 71.4), student("mr", 84.0, "adv_pgd", 64.0, 76.2)]
+    headers, rows = zskd_table(runs)
+    assert [r[0] for r in rows] == ["mr", "sst2", "mean (2 tasks)"]
+    mean = dict(zip(headers, rows[-1], strict=True))
+    assert mean["Teacher"] == "86.00" and mean["(1) task labels"] == "-"
+    assert mean["(4) ZS out-of-domain"] == "63.0 (73.2%)"
+    assert mean["(5b) ZS + adv. PGD"] == "67.0 (77.8%)"
+    assert zskd_table(runs[:2])[1][-1][0] == "sst2"  # one task: no mean row
