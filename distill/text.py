@@ -5,9 +5,15 @@
   `<unk>` becomes the tokenizer's "[UNK]" and its "@-@" style joiners plain characters.
 - `ood_pairs`, for sentence-pair tasks, built heuristically from those sentences (no task
   data): a third are neighbouring sentences of the same article (related, rarely
-  paraphrases), a third a sentence and a noisy copy of itself (10-30% of its words dropped
-  and two adjacent words swapped: near-paraphrases), a third two random sentences
-  (unrelated). The mix gives the teacher's pair head inputs across its whole output range.
+  paraphrases), a third a sentence and an edited copy of itself, a third two random
+  sentences (unrelated). An edited copy has an edit strength e drawn uniformly from [0, 1]:
+  each word is dropped with probability 0.4 e, replaced by a word of the next sentence with
+  probability 0.4 e, and two adjacent words are swapped. Light edits are near-paraphrases,
+  heavy ones share only part of their words, so the pairs cover the teacher's pair head
+  between "same" and "unrelated", not only its two ends: with near-copies only, a student
+  learns "paraphrase = almost the same words" and calls every reworded MRPC paraphrase
+  negative (the MRPC teacher's P(paraphrase) falls from 0.98 at e < 0.2 to 0.38 at
+  e > 0.8; on neighbouring and random pairs it is 0.03 and 0.01).
 - `random_tokens`: the "random token sequences" baseline (recipe 3): uniformly drawn
   word pieces, with sentence lengths drawn from the out-of-domain text.
 
@@ -79,10 +85,16 @@ def flatten(articles: list[list[str]]) -> list[str]:
     return [s for a in articles for s in a]
 
 
-def _noisy_copy(sentence: str, rng: random.Random) -> str:
-    words = sentence.split()
-    drop = rng.uniform(0.1, 0.3)
-    kept = [w for w in words if rng.random() > drop] or words[:1]
+def _edited_copy(sentence: str, other: str, rng: random.Random) -> str:
+    """`sentence` with an edit strength e ~ U(0, 1): each word dropped with probability
+    0.4 e or replaced by a word of `other` with probability 0.4 e; two neighbours swapped."""
+    e, pool = rng.random(), other.split()
+    kept = []
+    for w in sentence.split():
+        r = rng.random()
+        if r >= 0.4 * e:
+            kept.append(rng.choice(pool) if r < 0.8 * e else w)
+    kept = kept or sentence.split()[:1]
     if len(kept) > 2:
         i = rng.randrange(len(kept) - 1)
         kept[i], kept[i + 1] = kept[i + 1], kept[i]
@@ -90,22 +102,20 @@ def _noisy_copy(sentence: str, rng: random.Random) -> str:
 
 
 def ood_pairs(articles: list[list[str]], n: int, seed: int) -> list[tuple[str, str]]:
-    """`n` sentence pairs: neighbours, noisy copies and random pairs, a third each."""
+    """`n` sentence pairs: neighbours, edited copies and random pairs, a third each."""
     rng = random.Random(seed)
     flat = flatten(articles)
     multi = [a for a in articles if len(a) > 1]
     pairs = []
     for i in range(n):
         kind = i % 3
-        if kind == 0 and multi:
-            art = rng.choice(multi)
-            j = rng.randrange(len(art) - 1)
-            pairs.append((art[j], art[j + 1]))
-        elif kind == 1:
-            s = rng.choice(flat)
-            pairs.append((s, _noisy_copy(s, rng)))
-        else:
+        if kind == 2 or not multi:
             pairs.append((rng.choice(flat), rng.choice(flat)))
+            continue
+        art = rng.choice(multi)
+        j = rng.randrange(len(art) - 1)
+        pairs.append((art[j], art[j + 1]) if kind == 0 else
+                     (art[j], _edited_copy(art[j], art[j + 1], rng)))
     return pairs
 
 

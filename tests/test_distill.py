@@ -78,6 +78,10 @@ def test_ood_text_and_pairs():
     pairs = text.ood_pairs(articles, 9, seed=0)
     assert len(pairs) == 9 and pairs == text.ood_pairs(articles, 9, seed=0)
     assert all(a != b for a, b in pairs[0::3])  # neighbouring sentences
+    # edited copies span light to heavy edits: the share of a copy's words from its source
+    copies = text.ood_pairs(articles, 600, seed=0)[1::3]
+    kept = sorted(sum(w in a.split() for w in b.split()) / len(b.split()) for a, b in copies)
+    assert kept[len(kept) // 10] < 0.6 and kept[-len(kept) // 10] > 0.9
 
 
 def test_losses_against_hand_computed_values():
