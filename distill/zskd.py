@@ -114,10 +114,17 @@ class Inputs:
         return encode(self.tok, items, None, self.max_len)
 
     def random(self, lengths: list[int], n: int, rng: torch.Generator) -> Batch:
+        """Random word pieces; for a pair task, pairs of random texts, each cut to fit."""
         seed = int(torch.randint(2**31 - 1, (1,), generator=rng))
         seqs = text.random_tokens(lengths, self.pieces, n, seed)
-        return pack([s[: self.max_len - 2] for s in seqs], self.tok.cls_token_id,
-                    self.tok.sep_token_id, self.tok.pad_token_id)
+        tok = self.tok
+        if not self.task.pair:
+            return pack([s[: self.max_len - 2] for s in seqs], tok.cls_token_id,
+                        tok.sep_token_id, tok.pad_token_id)
+        second = text.random_tokens(lengths, self.pieces, n, seed + 1)
+        room = (self.max_len - 3) // 2
+        return pack([s[:room] for s in seqs], tok.cls_token_id, tok.sep_token_id,
+                    tok.pad_token_id, [s[:room] for s in second])
 
     def allowed(self, V: int) -> Tensor:
         mask = torch.zeros(V, dtype=torch.bool)
@@ -276,7 +283,7 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     s = z.student
     V = tok.vocab_size
     student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
-                      inputs.max_len, s.dropout, tok.pad_token_id)
+                      inputs.max_len, s.dropout, tok.pad_token_id, task.pair and s.pair_features)
     fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
     log.info("%s; ratio %.1fx; embedding fit %s", describe(student),
              teacher.size() / student.size(), fit)

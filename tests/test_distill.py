@@ -133,6 +133,34 @@ def test_student_pools_real_tokens_only():
     assert not torch.allclose(short, student(Batch(other, other != 0, torch.zeros_like(other))))
 
 
+
+def test_positions_and_segments_do_not_drown_the_word_vectors():
+    from tdx.distill.models import Student
+
+    torch.manual_seed(0)
+    E = torch.randn(30, 24)  # a teacher embedding, wider than the student
+    student = Student(30, labels=2, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12)
+    student.body.init_words(E, steps=5)
+    words = student.body.words.weight.norm(dim=-1).mean()
+    for table in (student.body.pos, student.body.seg):
+        assert table.weight.norm(dim=-1).mean() < words  # BERT's N(0, 0.02), not N(0, 1)
+
+
+def test_pair_student_compares_the_two_texts():
+    from tdx.distill.models import Student, pack
+
+    b = pack([[5, 6], [7]], cls=1, sep=2, pad=0, seqs_b=[[8], [9, 10, 11]])
+    assert b.ids.tolist() == [[1, 5, 6, 2, 8, 2, 0], [1, 7, 2, 9, 10, 11, 2]]
+    assert b.types.tolist() == [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1]]
+    torch.manual_seed(0)
+    student = Student(30, labels=2, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12,
+                      dropout=0.0, pair=True).eval()
+    assert student.head[0].in_features == 4 * 16  # [u, v, |u - v|, u * v]
+    ab, ba = pack([[5, 6]], 1, 2, 0, [[7, 8]]), pack([[7, 8]], 1, 2, 0, [[5, 6]])
+    assert not torch.allclose(student(ab), student(ba))  # which text is which matters
+    padded = pack([[5, 6], [5, 6, 9, 9, 9]], 1, 2, 0, [[7, 8], [7]])
+    torch.testing.assert_close(student(padded)[:1], student(ab))  # padding never counts
+
 def test_gumbel_softmax_path_carries_gradient_to_the_generator():
     from tdx.distill.adversary import GumbelMLM
     from tdx.distill.models import Batch, Generator, freeze
