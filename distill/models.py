@@ -173,8 +173,7 @@ class Student(Encoder):
         self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
         # on the mean of the real tokens' states: from scratch, a [CLS]-pooled student sat
         # at chance for 600 updates on SST-2 gold labels (49.2%); mean-pooled it reached 74.8.
-        # One mean over both texts of a pair left MRPC at the class prior (acc 68.6 against
-        # 66.5 for the majority class), hence the pair features.
+        # For a pair, |u - v| and u * v put the comparison of the two texts in the head.
         self.pair = pair
         self.head = nn.Sequential(nn.Linear(4 * dim if pair else dim, dim), nn.Tanh(),
                                   nn.Dropout(dropout), nn.Linear(dim, labels))
