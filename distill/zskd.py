@@ -116,15 +116,13 @@ class Inputs:
     def random(self, lengths: list[int], n: int, rng: torch.Generator) -> Batch:
         """Random word pieces; for a pair task, pairs of random texts, each cut to fit."""
         seed = int(torch.randint(2**31 - 1, (1,), generator=rng))
-        seqs = text.random_tokens(lengths, self.pieces, n, seed)
+        pair = self.task.pair
+        seqs = text.random_tokens(lengths, self.pieces, 2 * n if pair else n, seed)
+        room = (self.max_len - 3) // 2 if pair else self.max_len - 2
+        seqs = [s[:room] for s in seqs]
         tok = self.tok
-        if not self.task.pair:
-            return pack([s[: self.max_len - 2] for s in seqs], tok.cls_token_id,
-                        tok.sep_token_id, tok.pad_token_id)
-        second = text.random_tokens(lengths, self.pieces, n, seed + 1)
-        room = (self.max_len - 3) // 2
-        return pack([s[:room] for s in seqs], tok.cls_token_id, tok.sep_token_id,
-                    tok.pad_token_id, [s[:room] for s in second])
+        return pack(seqs[:n], tok.cls_token_id, tok.sep_token_id, tok.pad_token_id,
+                    seqs[n:] if pair else None)
 
     def allowed(self, V: int) -> Tensor:
         mask = torch.zeros(V, dtype=torch.bool)

@@ -133,7 +133,6 @@ def test_student_pools_real_tokens_only():
     assert not torch.allclose(short, student(Batch(other, other != 0, torch.zeros_like(other))))
 
 
-
 def test_positions_and_segments_do_not_drown_the_word_vectors():
     from tdx.distill.models import Student
 
@@ -160,6 +159,20 @@ def test_pair_student_compares_the_two_texts():
     assert not torch.allclose(student(ab), student(ba))  # which text is which matters
     padded = pack([[5, 6], [5, 6, 9, 9, 9]], 1, 2, 0, [[7, 8], [7]])
     torch.testing.assert_close(student(padded)[:1], student(ab))  # padding never counts
+
+
+def test_random_recipe_draws_pairs_of_random_texts_for_pair_tasks():
+    from tdx.distill.models import tokenizer
+    from tdx.distill.zskd import Inputs
+
+    tok, rng = tokenizer(), torch.Generator().manual_seed(0)
+    single = Inputs(tok, tasks.get_task("sst2"), 16).random([40], 3, rng)
+    pair = Inputs(tok, tasks.get_task("mrpc"), 16).random([40], 3, rng)
+    assert single.ids.shape == (3, 16) and not single.types.any()
+    assert pair.ids.shape == (3, 15)  # [CLS] 6 [SEP] 6 [SEP]: each text cut to fit
+    assert (pair.ids == tok.sep_token_id).sum(1).tolist() == [2, 2, 2]
+    assert pair.types.sum(1).tolist() == [7, 7, 7]  # the second text and its [SEP]
+
 
 def test_gumbel_softmax_path_carries_gradient_to_the_generator():
     from tdx.distill.adversary import GumbelMLM
