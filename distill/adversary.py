@@ -7,7 +7,8 @@
   reaches the generator through the token choices. The generator maximises
   divergence - mlm_weight * MLM loss of the original tokens (the second term keeps its
   proposals plausible); the teacher is frozen and the student's gradient from this step
-  is discarded.
+  is discarded. It chooses among ordinary word pieces only (`allowed`: no [CLS], [SEP],
+  [PAD], [MASK], [UNK] or untrained [unusedN] pieces), as PGD's neighbours do.
 - `NeighbourPGD`: embedding-space PGD. Each word piece may move inside the convex hull of
   its own embedding and those of its k nearest word pieces (cosine, in the teacher's
   embedding). The mixing weights softmax(s e_0 + delta) start on the original token and
@@ -45,8 +46,9 @@ class Soft:
 class GumbelMLM:
     def __init__(self, generator: Generator, lr: float, mask_prob: float, tau: float,
                  mlm_weight: float, special: Tensor, mask_id: int, temperature: float,
-                 regression: bool):
+                 regression: bool, allowed: Tensor | None = None):
         self.gen, self.special, self.mask_id = generator, special, mask_id
+        self.allowed = allowed  # (V,) bool: word pieces the generator may write
         self.opt = torch.optim.Adam(generator.parameters(), lr=lr)
         self.mask_prob, self.tau, self.mlm_weight = mask_prob, tau, mlm_weight
         self.t, self.regression = temperature, regression
@@ -64,14 +66,19 @@ class GumbelMLM:
         positions = masked_positions(batch, self.mask_prob, self.special, rng)  # (B, L)
         masked = Batch(batch.ids.masked_fill(positions, self.mask_id), batch.mask, batch.types)
         logits = self.gen(masked, positions)  # (N, V)
+        choose = logits if self.allowed is None else logits.masked_fill(~self.allowed,
+                                                                         float("-inf"))
         u = torch.rand(logits.shape, generator=rng).clamp(1e-9, 1 - 1e-9)
-        soft = F.softmax((logits - torch.log(-torch.log(u))) / self.tau, dim=-1)
+        soft = F.softmax((choose - torch.log(-torch.log(u))) / self.tau, dim=-1)
         one_hot = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
         tokens = one_hot + soft - soft.detach()  # straight-through
         t = teacher.forward_embeds(soft_embed(teacher, batch.ids, positions, tokens),
                                    batch.mask, batch.types)
+        was_training = student.training
+        student.eval()  # the rewrite is searched against the deterministic student
         s = student.forward_embeds(soft_embed(student, batch.ids, positions, tokens),
                                    batch.mask, batch.types)
+        student.train(was_training)
         div = kd_loss(s, t, self.t, self.regression)
         mlm = F.cross_entropy(logits, batch.ids[positions])
         self.opt.zero_grad()

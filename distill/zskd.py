@@ -300,7 +300,8 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
                         s.dropout, tok.pad_token_id)
         gen.body.init_words(teacher.embedding_matrix(), s.init_steps)
         adversary = GumbelMLM(gen, g.lr, g.mask_prob, g.tau, g.mlm_weight, inputs.special,
-                              tok.mask_token_id, s.temperature, task.regression)
+                              tok.mask_token_id, s.temperature, task.regression,
+                              inputs.allowed(V))
         run_stage(generator_stage(cfg, adversary, inputs, ood), cfg, run_dir, stop)
     elif recipe == "adv_pgd":
         p = z.pgd

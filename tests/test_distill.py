@@ -198,6 +198,27 @@ def test_gumbel_softmax_path_carries_gradient_to_the_generator():
     assert m["adv_div"] >= 0
 
 
+def test_gumbel_generator_writes_ordinary_word_pieces_only():
+    """Special and [unusedN]-like ids (not `allowed`) are never written, however the
+    untrained generator scores them."""
+    from tdx.distill.adversary import GumbelMLM
+    from tdx.distill.models import Batch, Generator, freeze
+
+    torch.manual_seed(0)
+    V = 40
+    allowed = (torch.arange(V) >= 4) & (torch.arange(V) < 12)  # 28 of 36 ordinary ids barred
+    gen = Generator(V, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12, dropout=0.0)
+    teacher, student = freeze(_Toy(V)), _Toy(V)
+    adv = GumbelMLM(gen, lr=1e-2, mask_prob=1.0, tau=1.0, mlm_weight=0.0,
+                    special=torch.tensor([0, 1, 2, 3]), mask_id=3, temperature=1.0,
+                    regression=False, allowed=allowed)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 2]] * 4)
+    batch = Batch(ids, ids != 0, torch.zeros_like(ids))
+    new, _, m = adv.step(teacher, student, batch, torch.Generator().manual_seed(1))
+    inner = new.ids[:, 1:-1]
+    assert m["adv_changed"] > 0 and allowed[inner].all(), inner
+
+
 def test_pgd_moves_tokens_within_the_neighbour_hull_and_raises_divergence():
     from tdx.distill.adversary import NeighbourPGD, nearest_neighbours
     from tdx.distill.models import Batch
