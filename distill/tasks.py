@@ -98,7 +98,7 @@ def task_paths(task: Task, data_dir: Path) -> list[Path]:
     return [data_dir / f for f in task.files()]
 
 
-def read(task: Task, data_dir: Path, split: str, limit: int | None = None) -> list[Example]:
+def read(task: Task, data_dir: Path, split: str) -> list[Example]:
     """The examples of `split` ("train" or "eval"); a missing file is a UsageError that says
     where to put it."""
     path = data_dir / task.folder / (task.train if split == "train" else task.eval)
@@ -128,7 +128,7 @@ def read(task: Task, data_dir: Path, split: str, limit: int | None = None) -> li
                 out.append(ex)
     if not out:
         raise UsageError(f"task {task.name}: no examples could be read from {path}")
-    return out[:limit] if limit else out
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,13 @@ class TaskData:
         return read(self.task, self.data_dir, "train")
 
     def eval_examples(self, limit: int | None) -> list[Example]:
-        return read(self.task, self.data_dir, "eval", limit)
+        """The held-out examples, or `limit` of them drawn at random (fixed seed, file
+        order kept): a task file may be sorted, so its first lines are no sample."""
+        examples = read(self.task, self.data_dir, "eval")
+        if limit is None or limit >= len(examples):
+            return examples
+        keep = sorted(random.Random(0).sample(range(len(examples)), limit))
+        return [examples[i] for i in keep]
 
 
 def lr_at(i: int, steps: int, lr: float, warmup: float) -> float:
@@ -238,7 +245,9 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
 
 
 # ---------------------------------------------------------------------------- recipe
-def load_teacher(path: Path, teacher: Teacher, task: Task) -> dict[str, Any]:
+def load_teacher(path: Path, teacher: Teacher, task: Task) -> tuple[dict[str, Any], Any]:
+    """Load a finished teacher stage; returns its scores and the eval.max_examples they
+    were measured on."""
     ckpt = path / "checkpoints" / "teacher.pt" if path.is_dir() else path
     if not ckpt.exists():
         raise UsageError(f"zskd.teacher_from: {ckpt} not found (a run folder whose teacher "
@@ -248,7 +257,7 @@ def load_teacher(path: Path, teacher: Teacher, task: Task) -> dict[str, Any]:
     if trained_on != task.name:
         raise UsageError(f"zskd.teacher_from: that teacher was fine-tuned on {trained_on}, "
                          f"not {task.name}")
-    return blob["extra"].get("result", {})
+    return blob["extra"].get("result", {}), blob["config"]["zskd"]["eval"]["max_examples"]
 
 
 def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
@@ -267,7 +276,9 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     inputs = Inputs(tok, task, z.max_len_pair if task.pair else z.max_len)
     teacher = Teacher(task.labels)
     if z.teacher_from:
-        t_scores = load_teacher(Path(str(z.teacher_from)), teacher, task)
+        t_scores, scored_on = load_teacher(Path(str(z.teacher_from)), teacher, task)
+        if scored_on != z.eval.max_examples:  # % of the teacher on the student's examples
+            t_scores = evaluate(teacher, inputs, eval_set, z.eval.batch)
         log.info("teacher from %s: %s", z.teacher_from, t_scores)
     else:
         t_scores = run_stage(teacher_stage(cfg, teacher, data, inputs, eval_set),

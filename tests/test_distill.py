@@ -45,6 +45,14 @@ def test_missing_glue_files_say_where_to_put_them(tmp_path):
         ("A b.", "A.", 0.0), ("C d.", "E.", 1.0)]
 
 
+def test_eval_subset_is_a_seeded_sample_in_file_order():
+    data = TaskData(tasks.get_task("sst2"), DATA, "labels")
+    full, sub = data.eval_examples(None), data.eval_examples(16)
+    assert len(full) == 872 and sub == data.eval_examples(16) and sub != full[:16]
+    rest = iter(full)
+    assert all(x in rest for x in sub)  # a subsequence: file order kept
+
+
 def test_metrics_against_hand_computed_values():
     mrpc = tasks.get_task("mrpc")  # tp 2, fp 1, fn 1, tn 1: F1 = 4 / 6, acc 3 / 5
     s = tasks.scores(mrpc, [1, 1, 1, 0, 0], [1, 1, 0, 1, 0])
@@ -264,6 +272,11 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     assert "| mrpc | f1/acc |" in table and "(5) ZS + adv. Gumbel-MLM" in table, rep.stdout
     assert "%)" in table.split("| mrpc |")[1] and (tmp_path / "z.png").stat().st_size > 0
     assert "Budgets: teacher 2 updates x 32; every student 2 updates x 32" in table
+    # scored on other examples than the stored teacher's: the teacher is scored again
+    other = tdx("train", "zskd", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
+                "zskd.recipe=labels", *FAST, "zskd.eval.max_examples=40",
+                f"hydra.run.dir={runs}/other", cwd=tmp_path, check=True)
+    assert summary(runs / "other")["final"]["teacher"] != t["final"]["teacher"], other.stdout
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
