@@ -6,6 +6,11 @@ its metrics. The score a recipe is compared by ("% of the teacher") is `primary`
 or the GLUE convention of averaging the two figures reported for MRPC (F1, accuracy) and
 STS-B (Pearson, Spearman).
 
+Splits: SST-2 and STS-B are scored on GLUE's dev set; MRPC on the MSR corpus' test file
+(1,725 pairs), the teacher training on all 4,076 training pairs, GLUE's 408 dev pairs
+included, so MRPC figures are test figures and not comparable with GLUE-dev ones; the
+SentEval sets on their held-out file.
+
 Files the machine does not have (RTE, MNLI, QNLI, QQP) work the same way once a user puts
 GLUE's `train.tsv` / `dev.tsv` (or `dev_matched.tsv` for MNLI) under `glue/<TASK>/`.
 """
