@@ -122,11 +122,14 @@ class LowRank(CompressedEmbedding):
 
     def init_from(self, E: Tensor, counts: Tensor | None = None, steps: int = 2000,
                   lr: float = 0.01) -> dict[str, float]:
-        """SVD in closed form; with ReLU, Adam on the mean squared reconstruction error
-        (full batch, `steps` updates) from a truncated SVD (see `_init_split`)."""
+        """SVD in closed form; with ReLU, a truncated-SVD start (see `_init_split`), then,
+        without the bias, Adam on the mean squared reconstruction error (full batch,
+        `steps` updates). With the bias the start is already the best fit: f(U) V has rank
+        <= r whatever f, and the truncated SVD of the centred E plus its mean is the best
+        rank-r-plus-offset fit (Eckart-Young), so Adam has nothing to improve."""
         self.init_svd(E) if not self.relu else self._init_split(E)
         before = self.reconstruction_error(E)
-        if self.relu:
+        if self.relu and self.b is None:
             start = {k: v.detach().clone() for k, v in self.state_dict().items()}
             opt = torch.optim.Adam(self.parameters(), lr=lr)
             for _ in range(steps):
@@ -141,10 +144,12 @@ class LowRank(CompressedEmbedding):
     @torch.no_grad()
     def _init_split(self, E: Tensor) -> None:
         """Start ReLU(U) V (+ b) at a truncated SVD. With the bias, at rank r exactly:
-        U = P S^1/2 + m, the per-column offset m making every entry positive, so that
-        ReLU is the identity and (ReLU(U) - m) V = P S^1/2 V. Without it, at rank r/2:
-        U = [A, -A], V = [B; -B] with A B the SVD factors, since ReLU(a) - ReLU(-a) = a."""
-        P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
+        b = the mean word vector mu, U = P S^1/2 + m from the SVD of E - mu, the per-column
+        offset m making every entry positive, so that ReLU is the identity and
+        (ReLU(U) - m) V + b = P S^1/2 V + mu. Without it, at rank r/2: U = [A, -A],
+        V = [B; -B] with A B the SVD factors, since ReLU(a) - ReLU(-a) = a."""
+        mu = E.double().mean(0) if self.b is not None else 0.0
+        P, S, Qt = torch.linalg.svd(E.double() - mu, full_matrices=False)
         if self.b is not None:
             U, V = P[:, : self.rank] * S[: self.rank].sqrt(), S[: self.rank].sqrt()[:, None] \
                 * Qt[: self.rank]
@@ -152,7 +157,7 @@ class LowRank(CompressedEmbedding):
             self.U.copy_(U + m)
             self.V.copy_(V)
             self.m.copy_(m)
-            self.b.zero_()
+            self.b.copy_(mu)
             return
         half = max(1, self.rank // 2)
         A, B = P[:, :half] * S[:half].sqrt(), S[:half].sqrt()[:, None] * Qt[:half]
@@ -162,8 +167,6 @@ class LowRank(CompressedEmbedding):
         V[:half], V[half:2 * half] = B, -B
         self.U.copy_(U)
         self.V.copy_(V)
-        if self.b is not None:
-            self.b.zero_()
 
 
 class GroupReduce(CompressedEmbedding):
