@@ -263,11 +263,42 @@ ZSKD_RECIPES = {"labels": "(1) task labels", "kd_task": "(2) KD, task data",
                 "adv_gumbel": "(5) ZS + adv. Gumbel-MLM", "adv_pgd": "(5b) ZS + adv. PGD"}
 
 
+ZSKD_SAME = ("zskd.task", "zskd.teacher_from", "zskd.recipe", "seed")  # not a variant
+
+
+def _zskd_keys(students: list[Run]) -> dict[int, str]:
+    """Each student run's column (by id): its recipe, or for a run that changed settings
+    the others did not (an ablation such as zskd.pgd.steps=0) the recipe and those
+    settings, 'adv_pgd [zskd.pgd.steps=0]', so that it never averages into the recipe."""
+    changed = {id(r): {f"{k}={v}" for k, v in r.overrides.items() if k not in ZSKD_SAME}
+               for r in students}
+    common = set.intersection(*changed.values()) if changed else set()
+    keys = {}
+    for r in students:
+        own = sorted(changed[id(r)] - common)
+        keys[id(r)] = str(r.get("final.recipe")) + (f" [{', '.join(own)}]" if own else "")
+    return keys
+
+
+def _zskd_columns(keys: dict[int, str]) -> list[str]:
+    """Every recipe in the paper's order, each followed by its variants."""
+    have = set(keys.values())
+    return [k for recipe in ZSKD_RECIPES
+            for k in [recipe, *sorted(v for v in have if v.startswith(recipe + " ["))]]
+
+
+def _zskd_label(key: str) -> str:
+    recipe, _, variant = key.partition(" ")
+    return ZSKD_RECIPES[recipe] + (f" {variant}" if variant else "")
+
+
 def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Zero-shot KD, a row per task: the teacher's score, then each recipe's student score
     and its % of the teacher (mean ± std over seeds), parameters and compression."""
     students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
-    headers = ["Task", "Metric", "Teacher", *ZSKD_RECIPES.values(), "Params T / S",
+    keys = _zskd_keys(students)
+    columns = _zskd_columns(keys)
+    headers = ["Task", "Metric", "Teacher", *map(_zskd_label, columns), "Params T / S",
                "Ratio"]
     rows = []
     for g in sorted(_group(students, lambda r: r.get("final.task")),
@@ -275,8 +306,8 @@ def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         t = g[0].get("final.teacher") or {}
         metric = "/".join(k for k in t if k != "primary") or "-"
         row = [str(g[0].get("final.task")), metric, f"{t.get('primary', '-')}"]
-        for recipe in ZSKD_RECIPES:
-            rs = [r for r in g if r.get("final.recipe") == recipe]
+        for key in columns:
+            rs = [r for r in g if keys[id(r)] == key]
             row.append(f"{mean_std([r.get('final.student.primary') for r in rs])} "
                        f"({mean_std([r.get('final.pct_of_teacher') for r in rs])}%)"
                        if rs else "-")
@@ -285,11 +316,11 @@ def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         row.append(f"{g[0].get('final.compression')}x")
         rows.append(row)
     if len(rows) > 1:
-        rows.append(_zskd_mean_row(students, len(rows)))
+        rows.append(_zskd_mean_row(students, len(rows), columns))
     return headers, rows
 
 
-def _zskd_mean_row(students: list[Run], n_tasks: int) -> list[str]:
+def _zskd_mean_row(students: list[Run], n_tasks: int, columns: list[str]) -> list[str]:
     """The average over tasks, as papers report it: the teacher's score, then each recipe's
     score and % of the teacher (over the tasks that have the recipe)."""
     scores = _zskd_scores(students)
@@ -297,8 +328,8 @@ def _zskd_mean_row(students: list[Run], n_tasks: int) -> list[str]:
                 for r in students}
     t = [v for v in teachers.values() if isinstance(v, int | float)]
     row = [f"mean ({n_tasks} tasks)", "-", f"{statistics.mean(t):.2f}" if t else "-"]
-    for recipe in ZSKD_RECIPES:
-        have = [rs[recipe] for rs in scores.values() if recipe in rs]
+    for key in columns:
+        have = [rs[key] for rs in scores.values() if key in rs]
         row.append(f"{statistics.mean(s for s, _ in have):.1f} "
                    f"({statistics.mean(p for _, p in have):.1f}%)" if have else "-")
     return [*row, "", ""]
@@ -317,14 +348,16 @@ def _zskd_target_notes(lines: list[str]) -> str:
 
 
 def _zskd_scores(runs: list[Run]) -> dict[str, dict[str, tuple[float, float]]]:
-    """{task: {recipe: (score, % of the teacher)}}, means over seeds."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for r in runs:
-        task, recipe = r.get("final.task"), r.get("final.recipe")
+    """{task: {column: (score, % of the teacher)}}, means over seeds; a column is a recipe
+    or one of its variants (see `_zskd_keys`), which the targets do not count."""
+    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
+    keys = _zskd_keys(students)
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in students:
         score, pct = r.get("final.student.primary"), r.get("final.pct_of_teacher")
-        if recipe in ZSKD_RECIPES and isinstance(score, int | float) and \
-                isinstance(pct, int | float):
-            out.setdefault(str(task), {}).setdefault(recipe, []).append((score, pct))
+        if isinstance(score, int | float) and isinstance(pct, int | float):
+            out.setdefault(str(r.get("final.task")), {}).setdefault(keys[id(r)], []).append(
+                (score, pct))
     return {t: {k: (statistics.mean(s for s, _ in v), statistics.mean(p for _, p in v))
                 for k, v in rs.items()} for t, rs in out.items()}
 
@@ -504,17 +537,17 @@ def plot_zskd(runs: list[Run], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in runs if r.get("final.recipe") in ("ood", "adv_gumbel", "adv_pgd")]
+    keys = _zskd_keys([r for r in runs if r.get("final.recipe") in ZSKD_RECIPES])
     tasks = sorted({str(r.get("final.task")) for r in shown})
     if not tasks:
         return
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for g in _group([r for r in shown if r.get("final.task") == task],
-                        lambda r: r.get("final.recipe")):
-            recipe = g[0].get("final.recipe")
-            curve = g[0].curve(f"student_{recipe}/valid", "primary")
+                        lambda r: keys[id(r)]):
+            curve = g[0].curve(f"student_{g[0].get('final.recipe')}/valid", "primary")
             ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".",
-                    label=ZSKD_RECIPES[recipe])
+                    label=_zskd_label(keys[id(g[0])]))
         ax.set_title(task)
         ax.set_xlabel("updates")
     axes[0][0].set_ylabel("student score (%)")

@@ -162,3 +162,29 @@ def test_zskd_table_ends_with_the_mean_over_tasks(tmp_path):
     assert mean["(4) ZS out-of-domain"] == "63.0 (73.2%)"
     assert mean["(5b) ZS + adv. PGD"] == "67.0 (77.8%)"
     assert zskd_table(runs[:2])[1][-1][0] == "sst2"  # one task: no mean row
+
+
+def test_zskd_ablation_runs_get_their_own_column(tmp_path):
+    """A run that changed a setting the others did not (zskd.pgd.steps=0) is a column of
+    its own, next to its recipe, and is neither averaged into it nor counted by the
+    targets; settings every run shares (a budget) make no column."""
+    from tdx.report import Run, _zskd_scores, zskd_table, zskd_targets
+
+    def student(recipe, score, **extra):
+        final = {"task": "sst2", "recipe": recipe, "teacher": {"acc": 88.0, "primary": 88.0},
+                 "student": {"primary": score}, "pct_of_teacher": round(score / 0.88, 1),
+                 "teacher_params": 22_700_000, "student_params": 730_000, "compression": 31.1}
+        ov = {"zskd.task": "sst2", "zskd.recipe": recipe, "zskd.student.steps": "600", **extra}
+        return Run(tmp_path, {"final": final}, {}, ov)
+
+    runs = [student("ood", 71.0), student("adv_pgd", 75.0),
+            student("adv_pgd", 72.0, **{"zskd.pgd.steps": "0"})]
+    headers, rows = zskd_table(runs)
+    cells = dict(zip(headers, rows[0], strict=True))
+    assert cells["(5b) ZS + adv. PGD"] == "75.0 (85.2%)"
+    assert cells["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%)"
+    assert headers.index("(5b) ZS + adv. PGD [zskd.pgd.steps=0]") == \
+        headers.index("(5b) ZS + adv. PGD") + 1
+    assert not any("steps=600" in h for h in headers)
+    assert "(5b) - (4), mean over 1 task(s): +4.00 points (target >= +1: met)" in \
+        zskd_targets(_zskd_scores(runs))
