@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tdx.distill.losses import kd_loss
-from tdx.distill.models import Batch, Encoder, Generator, hard_ids, masked_positions, soft_embed
+from tdx.distill.models import (
+    Batch,
+    Encoder,
+    Generator,
+    eval_mode,
+    hard_ids,
+    masked_positions,
+    soft_embed,
+)
 
 
 @dataclass
@@ -74,11 +82,9 @@ class GumbelMLM:
         tokens = one_hot + soft - soft.detach()  # straight-through
         t = teacher.forward_embeds(soft_embed(teacher, batch.ids, positions, tokens),
                                    batch.mask, batch.types)
-        was_training = student.training
-        student.eval()  # the rewrite is searched against the deterministic student
-        s = student.forward_embeds(soft_embed(student, batch.ids, positions, tokens),
-                                   batch.mask, batch.types)
-        student.train(was_training)
+        with eval_mode(student):  # the rewrite is searched against the deterministic student
+            s = student.forward_embeds(soft_embed(student, batch.ids, positions, tokens),
+                                       batch.mask, batch.types)
         div = kd_loss(s, t, self.t, self.regression)
         mlm = F.cross_entropy(logits, batch.ids[positions])
         self.opt.zero_grad()
@@ -126,18 +132,16 @@ class NeighbourPGD:
         base = base.masked_fill(fixed.unsqueeze(-1) & (torch.arange(cand.shape[-1]) > 0),
                                 float("-inf"))
         delta = torch.zeros(cand.shape, requires_grad=True)
-        was_training = student.training
-        student.eval()  # the perturbation is searched against the deterministic student
         div = torch.zeros(())
-        for _ in range(self.steps):
-            soft = Soft(cand, F.softmax(base + delta, dim=-1))
-            t = teacher.forward_embeds(soft.embed(teacher), batch.mask, batch.types)
-            s = student.forward_embeds(soft.embed(student), batch.mask, batch.types)
-            div = kd_loss(s, t, self.t, self.regression)
-            (grad,) = torch.autograd.grad(div, delta)
-            delta = (delta + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
-            delta = delta.detach().requires_grad_(True)
-        student.train(was_training)
+        with eval_mode(student):  # the perturbation is searched against the deterministic student
+            for _ in range(self.steps):
+                soft = Soft(cand, F.softmax(base + delta, dim=-1))
+                t = teacher.forward_embeds(soft.embed(teacher), batch.mask, batch.types)
+                s = student.forward_embeds(soft.embed(student), batch.mask, batch.types)
+                div = kd_loss(s, t, self.t, self.regression)
+                (grad,) = torch.autograd.grad(div, delta)
+                delta = (delta + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+                delta = delta.detach().requires_grad_(True)
         soft = Soft(cand, F.softmax(base + delta.detach(), dim=-1))
         with torch.no_grad():
             t = teacher.forward_embeds(soft.embed(teacher), batch.mask, batch.types)

@@ -23,6 +23,8 @@ embedding (`embedding_matrix()`, V x e).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +221,17 @@ class Generator(nn.Module):
         if positions is not None:
             h = h[positions]  # (N, d)
         return self.body.words.project(self.transform(h)) + self.bias
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (no dropout) inside the block, its previous mode after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -46,6 +46,7 @@ from tdx.distill.models import (
     Teacher,
     describe,
     encode,
+    eval_mode,
     freeze,
     kd_targets,
     pack,
@@ -140,14 +141,12 @@ class Inputs:
 @torch.no_grad()
 def evaluate(model: Encoder, inputs: Inputs, examples: list[Example], batch: int
              ) -> dict[str, float]:
-    was = model.training
-    model.eval()
     preds: list[float] = []
-    for k in range(0, len(examples), batch):
-        b, _ = inputs.examples(examples[k: k + batch])
-        out = model(b)
-        preds += (out.squeeze(-1) if inputs.task.regression else out.argmax(-1)).tolist()
-    model.train(was)
+    with eval_mode(model):
+        for k in range(0, len(examples), batch):
+            b, _ = inputs.examples(examples[k: k + batch])
+            out = model(b)
+            preds += (out.squeeze(-1) if inputs.task.regression else out.argmax(-1)).tolist()
     return scores(inputs.task, preds, [e[2] for e in examples])
 
 

@@ -266,10 +266,12 @@ ZSKD_RECIPES = {"labels": "(1) task labels", "kd_task": "(2) KD, task data",
 ZSKD_SAME = ("zskd.task", "zskd.teacher_from", "zskd.recipe", "seed")  # not a variant
 
 
-def _zskd_keys(students: list[Run]) -> dict[int, str]:
-    """Each student run's column (by id): its recipe, or for a run that changed settings
-    the others did not (an ablation such as zskd.pgd.steps=0) the recipe and those
-    settings, 'adv_pgd [zskd.pgd.steps=0]', so that it never averages into the recipe."""
+def _zskd_keys(runs: list[Run]) -> dict[int, str]:
+    """Each student run's column (by id; teacher-only runs have none): its recipe, or for
+    a run that changed settings the others did not (an ablation such as zskd.pgd.steps=0)
+    the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]', so that it never
+    averages into the recipe."""
+    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
     changed = {id(r): {f"{k}={v}" for k, v in r.overrides.items() if k not in ZSKD_SAME}
                for r in students}
     common = set.intersection(*changed.values()) if changed else set()
@@ -295,8 +297,8 @@ def _zskd_label(key: str) -> str:
 def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Zero-shot KD, a row per task: the teacher's score, then each recipe's student score
     and its % of the teacher (mean ± std over seeds), parameters and compression."""
-    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
-    keys = _zskd_keys(students)
+    keys = _zskd_keys(runs)
+    students = [r for r in runs if id(r) in keys]
     columns = _zskd_columns(keys)
     headers = ["Task", "Metric", "Teacher", *map(_zskd_label, columns), "Params T / S",
                "Ratio"]
@@ -350,8 +352,8 @@ def _zskd_target_notes(lines: list[str]) -> str:
 def _zskd_scores(runs: list[Run]) -> dict[str, dict[str, tuple[float, float]]]:
     """{task: {column: (score, % of the teacher)}}, means over seeds; a column is a recipe
     or one of its variants (see `_zskd_keys`), which the targets do not count."""
-    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
-    keys = _zskd_keys(students)
+    keys = _zskd_keys(runs)
+    students = [r for r in runs if id(r) in keys]
     out: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in students:
         score, pct = r.get("final.student.primary"), r.get("final.pct_of_teacher")
@@ -537,7 +539,7 @@ def plot_zskd(runs: list[Run], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in runs if r.get("final.recipe") in ("ood", "adv_gumbel", "adv_pgd")]
-    keys = _zskd_keys([r for r in runs if r.get("final.recipe") in ZSKD_RECIPES])
+    keys = _zskd_keys(runs)
     tasks = sorted({str(r.get("final.task")) for r in shown})
     if not tasks:
         return
