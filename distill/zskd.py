@@ -37,7 +37,7 @@ from torch import Tensor
 from tdx.config import UsageError
 from tdx.distill import text
 from tdx.distill.adversary import GumbelMLM, NeighbourPGD, nearest_neighbours
-from tdx.distill.losses import kd_loss, label_loss
+from tdx.distill.losses import ClassBalance, kd_loss, label_loss
 from tdx.distill.models import (
     Batch,
     Encoder,
@@ -203,8 +203,11 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
     pool = data.student_examples() if recipe in ("labels", "kd_task") else []
     name = f"student_{recipe}"
 
+    balance = ClassBalance() if s.balance and recipe in ZERO_SHOT else None
+
     def kd(logits: Tensor, target: Tensor) -> Tensor:
-        return kd_loss(logits, target, s.temperature, regression)
+        weight = None if balance is None else balance(target, regression)
+        return kd_loss(logits, target, s.temperature, regression, weight)
 
     def step(i: int) -> dict[str, float]:
         rng = step_generator(cfg.seed, name, i)

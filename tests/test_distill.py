@@ -10,7 +10,7 @@ import torch
 
 from tdx.config import UsageError
 from tdx.distill import tasks, text
-from tdx.distill.losses import kd_loss, label_loss
+from tdx.distill.losses import ClassBalance, kd_loss, label_loss
 from tdx.distill.zskd import TaskData
 
 from .conftest import only_run, summary, tdx
@@ -105,6 +105,24 @@ def test_losses_against_hand_computed_values():
     assert reg.item() == pytest.approx(2.5)  # (1 + 4) / 2
     ce = label_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
     assert ce.item() == pytest.approx(math.log(2))
+    # weighted: (1 * kl + 3 * 0) / 4 for the same pair and an exact match
+    two = kd_loss(torch.cat([s, t]), torch.cat([t, t]), weight=torch.tensor([1.0, 3.0]))
+    assert math.isclose(two.item(), kl / 4, rel_tol=1e-6)
+
+
+def test_class_balance_gives_every_teacher_class_the_same_mass():
+    # three confident class-0 examples and one class-1: weights 2/3 and 2 (mean 1)
+    teacher = torch.tensor([[9.0, -9.0]] * 3 + [[-9.0, 9.0]])
+    w = ClassBalance()(teacher)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert w[:3].sum().item() == pytest.approx(w[3].item(), rel=1e-3)
+    assert w[0].item() == pytest.approx(2 / 3, rel=1e-3)
+    # the class mass is a running mean: a batch of class 1 alone is weighted by it
+    balance = ClassBalance(momentum=0.5)
+    balance(teacher)  # mass (0.75, 0.25)
+    balance(torch.tensor([[-9.0, 9.0]] * 4))  # mass (0.375, 0.625)
+    assert balance.mass[0].item() == pytest.approx(0.375, rel=1e-3)
+    assert ClassBalance()(torch.tensor([[1.0], [2.0]]), regression=True) is None
 
 
 class _Toy(torch.nn.Module):
@@ -273,9 +291,11 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     assert "%)" in table.split("| mrpc |")[1] and (tmp_path / "z.png").stat().st_size > 0
     assert "Budgets: teacher 2 updates x 32; every student 2 updates x 32" in table
     # scored on other examples than the stored teacher's: the teacher is scored again
+    # (and the class-balanced KD option runs)
     other = tdx("train", "zskd", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
-                "zskd.recipe=labels", *FAST, "zskd.eval.max_examples=40",
-                f"hydra.run.dir={runs}/other", cwd=tmp_path, check=True)
+                "zskd.recipe=ood", "zskd.student.balance=true", *FAST,
+                "zskd.eval.max_examples=40", f"hydra.run.dir={runs}/other", cwd=tmp_path,
+                check=True)
     assert summary(runs / "other")["final"]["teacher"] != t["final"]["teacher"], other.stdout
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
