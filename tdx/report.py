@@ -324,7 +324,9 @@ def zskd_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 def _zskd_mean_row(students: list[Run], n_tasks: int, columns: list[str]) -> list[str]:
     """The average over tasks, as papers report it: the teacher's score, then each recipe's
-    score and % of the teacher (over the tasks that have the recipe)."""
+    score and % of the teacher, over the tasks that have the recipe; a column that misses
+    some (an ablation run on a few tasks) says on how many, since its mean is then not
+    comparable with the others'."""
     scores = _zskd_scores(students)
     teachers = {str(r.get("final.task")): (r.get("final.teacher") or {}).get("primary")
                 for r in students}
@@ -332,8 +334,9 @@ def _zskd_mean_row(students: list[Run], n_tasks: int, columns: list[str]) -> lis
     row = [f"mean ({n_tasks} tasks)", "-", f"{statistics.mean(t):.2f}" if t else "-"]
     for key in columns:
         have = [rs[key] for rs in scores.values() if key in rs]
+        part = f" [{len(have)} of {n_tasks} tasks]" if len(have) < n_tasks else ""
         row.append(f"{statistics.mean(s for s, _ in have):.1f} "
-                   f"({statistics.mean(p for _, p in have):.1f}%)" if have else "-")
+                   f"({statistics.mean(p for _, p in have):.1f}%){part}" if have else "-")
     return [*row, "", ""]
 
 

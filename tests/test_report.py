@@ -170,11 +170,11 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
     targets; settings every run shares (a budget) make no column."""
     from tdx.report import Run, _zskd_scores, zskd_table, zskd_targets
 
-    def student(recipe, score, **extra):
-        final = {"task": "sst2", "recipe": recipe, "teacher": {"acc": 88.0, "primary": 88.0},
+    def student(recipe, score, task="sst2", **extra):
+        final = {"task": task, "recipe": recipe, "teacher": {"acc": 88.0, "primary": 88.0},
                  "student": {"primary": score}, "pct_of_teacher": round(score / 0.88, 1),
                  "teacher_params": 22_700_000, "student_params": 730_000, "compression": 31.1}
-        ov = {"zskd.task": "sst2", "zskd.recipe": recipe, "zskd.student.steps": "600", **extra}
+        ov = {"zskd.task": task, "zskd.recipe": recipe, "zskd.student.steps": "600", **extra}
         return Run(tmp_path, {"final": final}, {}, ov)
 
     runs = [student("ood", 71.0), student("adv_pgd", 75.0),
@@ -188,3 +188,9 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
     assert not any("steps=600" in h for h in headers)
     assert "(5b) - (4), mean over 1 task(s): +4.00 points (target >= +1: met)" in \
         zskd_targets(_zskd_scores(runs))
+    # a second task without the ablation: its mean says it covers 1 of the 2 tasks
+    runs += [student("ood", 70.0, task="cr"), student("adv_pgd", 73.0, task="cr")]
+    headers, rows = zskd_table(runs)
+    mean = dict(zip(headers, rows[-1], strict=True))
+    assert mean["(5b) ZS + adv. PGD"] == "74.0 (84.1%)"
+    assert mean["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%) [1 of 2 tasks]"
