@@ -53,6 +53,12 @@ class ClassBalance:
         w = (p / self.mass.clamp(min=1e-3)).sum(-1)  # (B,)
         return w / w.mean()
 
+    def state_dict(self) -> dict[str, Tensor | None]:  # checkpointed with the student
+        return {"mass": self.mass}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        self.mass = state["mass"]
+
 
 def label_loss(logits: Tensor, labels: Tensor, regression: bool = False) -> Tensor:
     """Cross-entropy on gold classes, or squared error on gold scores (recipe 1)."""

@@ -239,6 +239,8 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
         return {"loss": loss.item(), **metrics}
 
     state: dict[str, Any] = {"student": student, "opt": opt}
+    if balance is not None:
+        state["balance"] = balance
     if isinstance(adversary, GumbelMLM):
         state.update(G=adversary.gen, opt_g=adversary.opt)
     return Stage(name, s.steps, step, state,

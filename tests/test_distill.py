@@ -122,6 +122,9 @@ def test_class_balance_gives_every_teacher_class_the_same_mass():
     balance(teacher)  # mass (0.75, 0.25)
     balance(torch.tensor([[-9.0, 9.0]] * 4))  # mass (0.375, 0.625)
     assert balance.mass[0].item() == pytest.approx(0.375, rel=1e-3)
+    resumed = ClassBalance()  # from a checkpoint: the same running mass
+    resumed.load_state_dict(balance.state_dict())
+    assert torch.equal(resumed.mass, balance.mass)
     assert ClassBalance()(torch.tensor([[1.0], [2.0]]), regression=True) is None
 
 
