@@ -25,6 +25,11 @@ from tdx.run import RunDir, catch_stop_signals, read_json
 log = logging.getLogger("tdx")
 
 
+class SweepStopped(BaseException):
+    """Raised by `run_job` after a job that Ctrl-C or SIGTERM stopped, so that a sweep ends
+    there instead of starting its next job (Hydra's launchers catch Exception only)."""
+
+
 def engine(name: str) -> Any:
     if name == "fairseq":
         from tdx.fairseq_engine import train
@@ -38,6 +43,7 @@ def engine(name: str) -> Any:
 def run_job(cfg: DictConfig) -> str:
     """Run one configured job in its Hydra output folder; return its final status."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     hc = HydraConfig.get()
     if not distributed.WORLD.master:  # under torchrun: rank 0 alone logs and writes
@@ -58,9 +64,14 @@ def run_job(cfg: DictConfig) -> str:
         run.update(world_size=distributed.WORLD.size)
         with catch_stop_signals() as stop:
             status = engine(cfg.engine)(cfg, run, stop)
+        if stop and hc.mode == RunMode.MULTIRUN:
+            log.warning("stopped by a signal: the sweep's remaining jobs are not started")
+            raise SweepStopped
     except UsageError as e:  # bad input found inside the job (e.g. an unusable image)
         run.finish("failed", error=str(e), usage_error=True)
         log.error("%s", e)
+    except SweepStopped:
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but say so
         run.finish("interrupted", error="aborted by a second Ctrl-C")
         raise
@@ -220,6 +231,8 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
         folders = [run_dir]
     try:
         _hydra_main(argv)
+    except SweepStopped:  # the stopped job's folder says `interrupted`; the CLI exits 130
+        pass
     finally:
         if distributed.under_torchrun():
             distributed.barrier()  # rank 0 has written the summary before anyone reports

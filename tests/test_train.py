@@ -95,6 +95,28 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert lines(run) == lines(only_run(ref_dir))
 
 
+def test_sigterm_ends_a_sweep_after_the_stopped_job(tmp_path):
+    """A stop signal in a sweep stops the running job (saved, `interrupted`) and starts no
+    further job: a scheduler's SIGTERM means the whole command is to end."""
+    slow = [*TINY, "trainer.max_update=400", "trainer.save_every=1000", "trainer.valid_every=100",
+            "trainer.log_every=5"]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([TDX, "train", "copy", *slow, "seed=1,2", "-m",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+    wait_for_lines(sweep, 8)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert sorted(p.parent.name for p in sweep.rglob("summary.json")) == ["0"], out
+    s = summary(sweep / "0")
+    assert s["status"] == "interrupted" and 0 < s["step"] < 400, s
+    assert (sweep / "0" / "checkpoints" / "checkpoint_last.pt").exists()
+    assert not (sweep / "1").exists()
+    assert "interrupted" in out and "Traceback" not in out
+
+
 SEQ2SEQ = [m for m in group_options("model")  # language models train in test_talk_recipes
            if yaml.safe_load((CONF_DIR / "model" / f"{m}.yaml").read_text())["meta"].get(
                "kind") != "lm"]
