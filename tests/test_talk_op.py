@@ -136,6 +136,24 @@ def test_fused_layer_equals_unfused(causal):
         torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C,H", [(64, 2), (12, 3)])  # D = 32: streamed; D = 4: plain stores
+def test_streamed_backward_equals_plain(dtype, C, H):
+    """dL/dx written with non-temporal stores (any size when stream_min_bytes = 0) is
+    bit-identical to the plain stores; a negative threshold never streams."""
+    g = torch.Generator().manual_seed(2)
+    T, B = 50, 3
+    x = torch.randn(T, B, C, dtype=dtype, generator=g)
+    a = torch.rand(T, B, 2 * H, dtype=dtype, generator=g)
+    grad = torch.randn(T, B, C, dtype=dtype, generator=g)
+    plain = ops._C.backward(grad, x, a, H, 7, 4, -1)
+    streamed = ops._C.backward(grad, x, a, H, 7, 4, 0)
+    for p, s in zip(plain, streamed, strict=True):
+        assert torch.equal(p, s)
+    assert torch.equal(plain[0], ops._C.backward(grad, x, a, H, 7, 4)[0])  # default: plain
+
+
 def test_fallback_when_kernel_is_off_or_missing(monkeypatch):
     x = torch.randn(6, 2, 4)
     a = torch.rand(6, 2, 4)

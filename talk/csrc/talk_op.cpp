@@ -18,7 +18,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -41,6 +46,36 @@ inline Edge<T> edge(T v, int64_t T_len, int64_t shift) {
   e.k1 = std::min<int64_t>(e.k0 + 1, last);
   e.f = p - static_cast<T>(e.k0);
   return e;
+}
+
+// dst[0:n] = src[0:n] with non-temporal stores when the CPU has them (AVX-512 here) and dst
+// is 64-byte aligned: the stores skip the read-for-ownership of dst's cache lines, a third
+// of the memory traffic of writing a tensor larger than the caches. Plain stores otherwise.
+// Streamed stores are weakly ordered: the writing thread ends with fence().
+inline void stream_row(float* dst, const float* src, int64_t n) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0 && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
+    for (int64_t d = 0; d < n; d += 16) _mm512_stream_ps(dst + d, _mm512_loadu_ps(src + d));
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+
+inline void stream_row(double* dst, const double* src, int64_t n) {
+#if defined(__AVX512F__)
+  if (n % 8 == 0 && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
+    for (int64_t d = 0; d < n; d += 8) _mm512_stream_pd(dst + d, _mm512_loadu_pd(src + d));
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+
+inline void fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 struct Shape {
@@ -134,12 +169,15 @@ void forward_kernel(const Shape& s, const T* x, const T* a, T* out) {
 // weights of every output sum to zero (+1/K right, -1/K left), so that suffix sum equals
 // minus the prefix sum_{r <= t} dL/dS_r, which is final as soon as no later output can
 // reach row t (t < i + 1 - l_max): one running sum per column, no second pass.
+// With `stream`, rows of dL/dx go out with non-temporal stores (stream_row): worth it once
+// dL/dx is larger than the caches (T = 8192, B = 8, C = 512: backward 36 -> 30 ms).
 template <typename T>
-void backward_kernel(const Shape& s, const T* g, const T* x, const T* a, T* gx, T* ga) {
+void backward_kernel(const Shape& s, const T* g, const T* x, const T* a, T* gx, T* ga,
+                     bool stream) {
   const T invK = T(1) / static_cast<T>(s.l_max + s.r_max + 1);
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     Columns<T> cols(s, begin, end), dS(s, begin, end);
-    std::vector<T> acc(static_cast<size_t>((end - begin) * s.D), T(0));
+    std::vector<T> acc(static_cast<size_t>((end - begin) * s.D), T(0)), neg(s.D);
     int64_t done = 0, next = 0;  // S has rows 0..done; dL/dx is written below row `next`
     auto finalize_up_to = [&](int64_t highest) {
       for (; next <= highest; ++next) {
@@ -148,12 +186,14 @@ void backward_kernel(const Shape& s, const T* g, const T* x, const T* a, T* gx, 
           T* row = dS.row(u, next);
           T* sum = acc.data() + (u - begin) * s.D;
           T* gxu = gxr + u * s.D;
+          T* out = stream ? neg.data() : gxu;
 #pragma omp simd
           for (int64_t d = 0; d < s.D; ++d) {
             sum[d] += row[d];
-            gxu[d] = -sum[d];
+            out[d] = -sum[d];
             row[d] = T(0);
           }
+          if (stream) stream_row(gxu, out, s.D);
         }
       }
     };
@@ -188,6 +228,7 @@ void backward_kernel(const Shape& s, const T* g, const T* x, const T* a, T* gx, 
       finalize_up_to(i - s.l_max);  // later outputs read rows >= i + 1 - l_max only
     }
     finalize_up_to(s.T - 1);
+    if (stream) fence();
   });
 }
 
@@ -228,17 +269,20 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor a, int64_t heads, int64_t l
 }
 
 std::vector<torch::Tensor> backward(torch::Tensor g, torch::Tensor x, torch::Tensor a,
-                                    int64_t heads, int64_t l_max, int64_t r_max) {
+                                    int64_t heads, int64_t l_max, int64_t r_max,
+                                    int64_t stream_min_bytes) {
   const Shape s = shape_of(x, a, heads, l_max, r_max);
   TORCH_CHECK(g.sizes() == x.sizes() && g.is_contiguous() && g.scalar_type() == x.scalar_type(),
               "talk: grad_output must match the input");
   auto gx = torch::empty_like(x);
   auto ga = torch::empty_like(a);
   if (x.numel() == 0) return {gx.zero_(), ga.zero_()};
+  const bool stream = stream_min_bytes >= 0 &&
+                      static_cast<int64_t>(gx.nbytes()) >= stream_min_bytes;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "talk_backward", [&] {
     backward_kernel<scalar_t>(s, g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                               a.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
-                              ga.data_ptr<scalar_t>());
+                              ga.data_ptr<scalar_t>(), stream);
   });
   return {gx, ga};
 }
@@ -248,5 +292,10 @@ std::vector<torch::Tensor> backward(torch::Tensor g, torch::Tensor x, torch::Ten
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "TaLK window average (Lioutas & Guo 2020, Eq. 3-6), CPU forward and backward";
   m.def("forward", &forward, "(x, a, heads, l_max, r_max) -> out");
-  m.def("backward", &backward, "(grad_out, x, a, heads, l_max, r_max) -> (grad_x, grad_a)");
+  m.def("backward", &backward,
+        "(grad_out, x, a, heads, l_max, r_max, stream_min_bytes) -> (grad_x, grad_a); "
+        "grad_x is written with non-temporal stores when it has at least stream_min_bytes "
+        "(never when negative)",
+        py::arg("g"), py::arg("x"), py::arg("a"), py::arg("heads"), py::arg("l_max"),
+        py::arg("r_max"), py::arg("stream_min_bytes") = -1);
 }
