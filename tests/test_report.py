@@ -144,6 +144,51 @@ def test_zskd_targets_from_hand_numbers():
                          "(not on mr): MISSED")
 
 
+def test_embed_table_states_teacher_budget_and_targets(tmp_path):
+    """The embed table's notes: the teacher (its updates read from its run folder), the
+    fine-tuning budget and losses, and the targets from the rows above."""
+    teacher = RunDir(tmp_path / "teacher")
+    teacher.start(1, "talk-mt")
+    teacher.finish("completed", step=1500)
+    for i, (method, b) in enumerate([("svd", 20.0), ("distilled", 19.5)]):
+        run = RunDir(tmp_path / "sweep" / str(i))
+        run.write_config({"name": "embed", "seed": 1, "teacher": "teacher",
+                          "trainer": {"max_update": 150},
+                          "optim": {"kd_weight": 0.5, "kd_temperature": 1.0,
+                                    "embed_mse_weight": 1.0}},
+                         ["experiment=embed", f"model.embed_method={method}"])
+        run.start(1, "embed")
+        run.finish("completed", final={"bleu_beam5": b}, initial={"bleu_beam5": 1.0},
+                   compression={"method": method, "rate": 8, "rank": 30},
+                   teacher={"checkpoint": str(teacher.path / "checkpoints" / "x.pt"),
+                            "bleu_beam5": 21.0})
+    out = tmp_path / "embed.md"
+    report([tmp_path / "sweep"], preset="embed", out=out)
+    text = out.read_text()
+    assert ("Teacher: `teacher`, 1500 updates, test BLEU (beam 5) 21.0. Fine-tuning: 150 "
+            "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
+            in text)
+    assert "- Distilled - SVD >= 0 at every rate: MISSED (8x -0.50)" in text
+    assert "uncompressed teacher (21.00): MISSED (1.50 below)" in text
+
+
+def test_embed_targets_from_hand_numbers():
+    from tdx.report import embed_targets
+
+    bleu = {("svd", 4.0): 30.0, ("distilled", 4.0): 30.5, ("svd", 8.0): 29.0,
+            ("distilled", 8.0): 29.5, ("svd", 16.0): 25.0, ("distilled", 16.0): 26.5,
+            ("svd", 32.0): 20.0, ("distilled", 32.0): 20.4, ("groupreduce", 8.0): 31.0}
+    lines = embed_targets(bleu, teacher=30.25)
+    assert lines[1] == ("Distilled - SVD >= 0 at every rate: met "
+                        "(4x +0.50, 8x +0.50, 16x +1.50, 32x +0.40)")
+    assert lines[2] == "Distilled - SVD >= +1 at 16x and 32x: MISSED"  # +0.40 at 32x
+    assert lines[3] == ("Distilled at 8x within 1.0 BLEU of the uncompressed teacher (30.25): "
+                        "met (0.75 below)")
+    bleu["distilled", 4.0] = 29.9
+    assert "MISSED (4x -0.10," in embed_targets(bleu, None)[1]
+    assert len(embed_targets(bleu, None)) == 3  # no teacher figure: no 8x line
+
+
 def test_zskd_table_ends_with_the_mean_over_tasks(tmp_path):
     from tdx.report import Run, zskd_table
 
