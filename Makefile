@@ -68,9 +68,9 @@ table-talk: install
 # Distilled Embedding: the teacher is EMBED_TEACHER (a run folder), else runs/embed/teacher,
 # a Transformer trained here once for EMBED_TEACHER_UPDATES updates (not the talk-mt
 # budget: after 600 updates the shared embedding is still close to its random start, its
-# top 61 of 256 directions holding 33% of the energy against 30% for a Gaussian matrix, so
-# a compressor has little structure to keep); then every compressor at 4/8/16/32x, each
-# fine-tuned for EMBED_UPDATES updates.
+# top 61 of 256 directions holding 33% of the energy against 30% for a Gaussian matrix,
+# 39% after 1500), then every compressor at 4/8/16/32x, each fine-tuned for EMBED_UPDATES
+# updates.
 EMBED_UPDATES ?= 150
 EMBED_TEACHER_UPDATES ?= 1500
 table-embed: install
