@@ -420,19 +420,21 @@ def _zskd_budgets(runs: list[Run]) -> str:
 
 def embed_notes(runs: list[Run]) -> str:
     """The teacher and fine-tuning the embed table's runs used, and its targets."""
-    lines = set()
+    seeds: dict[str, set[int]] = {}  # a line per setting, with the seeds that used it
     for r in runs:
         ckpt = r.get("teacher.checkpoint")
-        steps = read_json(Path(ckpt).parent.parent / "summary.json").get("step", "?") \
-            if ckpt else "?"
+        t = read_json(Path(ckpt).parent.parent / "summary.json") if ckpt else {}
         o = r.get("config.optim") or {}
         kd = o.get("kd_weight", 0)
-        lines.add(f"Teacher: `{r.get('config.teacher')}`, {steps} updates, test BLEU (beam 5) "
-                  f"{r.get('teacher.bleu_beam5')}. Fine-tuning: "
-                  f"{r.get('config.trainer.max_update')} updates of {1 - kd:g} cross-entropy "
-                  f"+ {kd:g} word-level KD (T = {o.get('kd_temperature')}) + "
-                  f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors; seed "
-                  f"{r.get('config.seed')}.")
+        line = (f"Teacher: `{r.get('config.teacher')}`, {t.get('step', '?')} updates"
+                + (f" (`{t['command']}`)" if t.get("command") else "")
+                + f", test BLEU (beam 5) {r.get('teacher.bleu_beam5')}. Fine-tuning: "
+                f"{r.get('config.trainer.max_update')} updates of {1 - kd:g} cross-entropy + "
+                f"{kd:g} word-level KD (T = {o.get('kd_temperature')}) + "
+                f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors")
+        seeds.setdefault(line, set()).add(r.get("config.seed"))
+    lines = [f"{x}; seed{'s' * (len(v) > 1)} {', '.join(map(str, sorted(v)))}."
+             for x, v in seeds.items()]
     bleu: dict[tuple[str, float], list[float]] = {}
     for r in runs:
         m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
