@@ -52,20 +52,19 @@ inline Edge<T> edge(T v, int64_t T_len, int64_t shift) {
 // is 64-byte aligned: the stores skip the read-for-ownership of dst's cache lines, a third
 // of the memory traffic of writing a tensor larger than the caches. Plain stores otherwise.
 // Streamed stores are weakly ordered: the writing thread ends with fence().
-inline void stream_row(float* dst, const float* src, int64_t n) {
 #if defined(__AVX512F__)
-  if (n % 16 == 0 && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
-    for (int64_t d = 0; d < n; d += 16) _mm512_stream_ps(dst + d, _mm512_loadu_ps(src + d));
-    return;
-  }
-#endif
-  std::copy(src, src + n, dst);
+inline void stream64(float* dst, const float* src) { _mm512_stream_ps(dst, _mm512_loadu_ps(src)); }
+inline void stream64(double* dst, const double* src) {
+  _mm512_stream_pd(dst, _mm512_loadu_pd(src));
 }
+#endif
 
-inline void stream_row(double* dst, const double* src, int64_t n) {
+template <typename T>
+inline void stream_row(T* dst, const T* src, int64_t n) {
 #if defined(__AVX512F__)
-  if (n % 8 == 0 && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
-    for (int64_t d = 0; d < n; d += 8) _mm512_stream_pd(dst + d, _mm512_loadu_pd(src + d));
+  constexpr int64_t lanes = 64 / sizeof(T);  // one 64-byte store
+  if (n % lanes == 0 && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
+    for (int64_t d = 0; d < n; d += lanes) stream64(dst + d, src + d);
     return;
   }
 #endif
