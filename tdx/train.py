@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> str:
     run.start(int(cfg.seed), str(cfg.name), resumed=bool(cfg.resume),
               command=os.environ.get("TDX_COMMAND", ""))
     log.info("run folder: %s", run.path)
-    status = "failed"
+    status, stopped = "failed", False
     try:
         check_data(cfg)
         if cfg.distributed.world_size > 1 and not distributed.under_torchrun():
@@ -64,20 +64,19 @@ def run_job(cfg: DictConfig) -> str:
         run.update(world_size=distributed.WORLD.size)
         with catch_stop_signals() as stop:
             status = engine(cfg.engine)(cfg, run, stop)
-        if stop and hc.mode == RunMode.MULTIRUN:
-            log.warning("stopped by a signal: the sweep's remaining jobs are not started")
-            raise SweepStopped
+        stopped = bool(stop)
     except UsageError as e:  # bad input found inside the job (e.g. an unusable image)
         run.finish("failed", error=str(e), usage_error=True)
         log.error("%s", e)
-    except SweepStopped:
-        raise
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but say so
         run.finish("interrupted", error="aborted by a second Ctrl-C")
         raise
     except BaseException as e:  # noqa: BLE001 - any crash is recorded; the sweep goes on
         run.finish("failed", error=f"{type(e).__name__}: {e}")
         log.exception("job failed")
+    if stopped and hc.mode == RunMode.MULTIRUN:
+        log.warning("stopped by a signal: the sweep's remaining jobs are not started")
+        raise SweepStopped
     return status
 
 
