@@ -66,7 +66,9 @@ def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
     m = report["machine"]
     return ["", "Targets:", "", *[f"- {k}: {v}" for k, v in report["checks"].items()], "",
             f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
-            f"- Machine: {m['cpu']}, {m['cores']} cores, host {m['host']}, {report['date']}", ""]
+            f"- Machine: {m['cpu']}, {m['cores']} cores"
+            + (f" ({m['caches']})" if m.get("caches") else "")
+            + f", host {m['host']}, {report['date']}", ""]
 
 
 def _throughput(case: dict[str, Any], ranks: int, world: int, updates: int, work: Path

@@ -521,8 +521,9 @@ def stamp(runs: list[Run], command: str) -> str:
              f"- Runs: {len(runs)} from `{_common_root(runs)}`, trained at commit(s) "
              f"{', '.join(commits)}",
              f"- Machine: {runs[0].summary.get('cpu', m['cpu'])}, "
-             f"{runs[0].summary.get('cores', m['cores'])} cores, host "
-             f"{runs[0].summary.get('host', m['host'])}"]
+             f"{runs[0].summary.get('cores', m['cores'])} cores"
+             + (f" ({runs[0].summary['caches']})" if runs[0].summary.get("caches") else "")
+             + f", host {runs[0].summary.get('host', m['host'])}"]
     return "\n".join(lines) + "\n"
 
 

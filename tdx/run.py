@@ -88,9 +88,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
+    """Core 0's unified caches from sysfs, e.g. 'L2 2048K, L3 307200K' ('' if unknown):
+    memory-bound timings, such as the TaLK op's scaling with T, depend on them."""
+    out = []
+    for index in sorted(root.glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Unified":
+                out.append(f"L{(index / 'level').read_text().strip()} "
+                           f"{(index / 'size').read_text().strip()}")
+        except OSError:
+            continue
+    return ", ".join(out)
+
+
 def machine_info() -> dict[str, Any]:
     return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
+            "caches": cpu_caches(), "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def package_versions() -> dict[str, str]:

@@ -5,6 +5,7 @@ import json
 import time
 
 from tdx.bench import median_time
+from tdx.run import cpu_caches
 from tdx.talk.bench import checks, ratios
 
 from .conftest import tdx
@@ -26,10 +27,25 @@ def test_bench_talk_op_tiny(tmp_path):
             assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_fwd_bwd_mb"] > 0
         assert res["ratios"][T]["talk/floor"] > 0
     assert "talk/lightconv" in md.read_text() and "Commit" in md.read_text()
+    caches = cpu_caches()  # the machine line names the caches the timings depend on
+    assert res["machine"]["caches"] == caches
+    assert not caches or f"({caches})" in md.read_text()
     assert png.stat().st_size > 1000
     assert res["command"].startswith("tdx bench talk-op")
     assert res["config"]["malloc"] == "reuse" and res["config"]["talk_kernel"]
     assert res["config"]["min_time_s"] == 0
+
+
+def test_cpu_caches_reads_the_unified_levels(tmp_path):
+    for i, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                             (2, "Unified", "2048K"),
+                                             (3, "Unified", "307200K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(f"{value}\n")
+    assert cpu_caches(tmp_path) == "L2 2048K, L3 307200K"
+    assert cpu_caches(tmp_path / "missing") == ""
 
 
 def test_timing_covers_a_minimum_time_and_respects_the_budget():
