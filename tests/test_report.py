@@ -169,7 +169,9 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
             "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
             in text)
     assert "embedding MSE to the teacher's vectors; seed 1.\n" in text
-    assert "- Distilled - SVD >= 0 at every rate: MISSED (8x -0.50)" in text
+    assert ("- Distilled - SVD >= 0 at every rate: MISSED (8x -0.50); not run: 4x, 16x, 32x"
+            in text)
+    assert "- Distilled - SVD >= +1 at 16x and 32x: not run" in text
     assert "uncompressed teacher (21.00): MISSED (1.50 below)" in text
 
 
