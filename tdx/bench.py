@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdx.run import git_commit, machine_info
+from tdx.run import describe_machine, git_commit, machine_info
 
 CASES: dict[str, dict[str, Any]] = {
     "talk-mt": {"label": "TaLK, Multi30k (fairseq)", "unit": "target tok/s",
@@ -63,12 +63,9 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3,
 
 def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
     """The closing markdown lines of a benchmark report: targets, command, commit, machine."""
-    m = report["machine"]
     return ["", "Targets:", "", *[f"- {k}: {v}" for k, v in report["checks"].items()], "",
             f"- Command: `{command}`", f"- Commit: {report['git_commit']}",
-            f"- Machine: {m['cpu']}, {m['cores']} cores"
-            + (f" ({m['caches']})" if m.get("caches") else "")
-            + f", host {m['host']}, {report['date']}", ""]
+            f"- Machine: {describe_machine(report['machine'])}, {report['date']}", ""]
 
 
 def _throughput(case: dict[str, Any], ranks: int, world: int, updates: int, work: Path

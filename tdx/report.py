@@ -22,7 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from tdx.config import UsageError
-from tdx.run import git_commit, machine_info, read_json, read_metrics
+from tdx.run import describe_machine, git_commit, machine_info, read_json, read_metrics
 
 IGNORED_OVERRIDES = ("hydra.", "hydra/", "experiment=", "resume=", "paths.")
 
@@ -521,16 +521,13 @@ def stamp(runs: list[Run], command: str) -> str:
     """Provenance: the report command, the training commands and commits of the runs."""
     commits = sorted({str(r.summary.get("git_commit", "unknown")) for r in runs})
     train_cmds = sorted({str(r.summary.get("command")) for r in runs if r.summary.get("command")})
-    m = machine_info()
+    run0 = runs[0].summary  # the machine the runs trained on; this one for old summaries
     lines = [f"- Report command: `{command}` (tdx commit {git_commit()}, "
              f"{time.strftime('%Y-%m-%d %H:%M')})",
              *[f"- Training command: `{c}`" for c in train_cmds],
              f"- Runs: {len(runs)} from `{_common_root(runs)}`, trained at commit(s) "
              f"{', '.join(commits)}",
-             f"- Machine: {runs[0].summary.get('cpu', m['cpu'])}, "
-             f"{runs[0].summary.get('cores', m['cores'])} cores"
-             + (f" ({runs[0].summary['caches']})" if runs[0].summary.get("caches") else "")
-             + f", host {runs[0].summary.get('host', m['host'])}"]
+             f"- Machine: {describe_machine(run0 if 'cpu' in run0 else machine_info())}"]
     return "\n".join(lines) + "\n"
 
 

@@ -108,6 +108,12 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def describe_machine(m: dict[str, Any]) -> str:
+    """'CPU, N cores (caches), host H' from `machine_info()` (or a run summary holding it)."""
+    caches = f" ({m['caches']})" if m.get("caches") else ""
+    return f"{m['cpu']}, {m['cores']} cores{caches}, host {m['host']}"
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for name in ("tdx", "torch", "fairseq-fixed", "hydra-core", "omegaconf", "sacrebleu"):
