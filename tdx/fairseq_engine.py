@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tdx import seqkd
 from tdx.config import UsageError
-from tdx.distributed import WORLD, any_rank, checksum, gather, mean
+from tdx.distributed import WORLD, any_rank, checksum, gather, mean, rank_zero_first
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag, read_json
 from tdx.seqeval import evaluate_generation
@@ -175,6 +176,8 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
             run.update(compression=fit, teacher={"checkpoint": str(path), **{
                 k: v for k, v in scores.items() if k.startswith("bleu")}})
             log.info("compressed embedding fitted to the teacher: %s", fmt(fit))
+    if cfg.get("seq_kd_beam"):
+        seq_kd(cfg, task, criterion, run)
     trainer = Trainer(fcfg, task, model, criterion)
 
     last = run.ckpt_dir / "checkpoint_last.pt"
@@ -297,6 +300,19 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     final = test(cfg, task, trainer, run) if WORLD.master else {}
     run.finish("completed", step=step, best=best, final=final, rate_tok_s=round(bar.rate))
     return status
+
+
+def seq_kd(cfg: DictConfig, task: Any, criterion: Any, run: RunDir) -> None:
+    """Train on the teacher's beam translations of the training sources (tdx.seqkd)."""
+    teacher = getattr(criterion, "teacher", None)
+    if teacher is None or not hasattr(task, "train_data"):
+        raise UsageError("seq_kd_beam needs a teacher= and a tdx_translation task")
+    t = cfg.trainer
+    with rank_zero_first():  # one rank decodes, the others find the folder made
+        task.train_data = str(seqkd.prepare(
+            task, teacher, Path(criterion.teacher_path), int(cfg.seq_kd_beam), t.max_len_a,
+            t.max_len_b, t.eval_batch_size))
+    run.update(seq_kd={"beam": int(cfg.seq_kd_beam), "train_data": task.train_data})
 
 
 def iterator_state(epoch_itr: Any) -> dict[str, Any]:

@@ -159,8 +159,10 @@ PRESETS: dict[str, tuple[str, str, list[Column]]] = {
         Column("Updates", _first("step")),
     ]),
     # Distilled Embedding (Lioutas et al. 2020), Table 1-style: method x compression
-    "embed": ("compression.method,compression.rate", "compression.rate,compression.order", [
-        Column("Method", _first("compression.method")),
+    "embed": ("compression.method,compression.rate,config.seq_kd_beam",
+              "compression.rate,compression.order,config.seq_kd_beam", [
+        Column("Method", lambda g: str(g[0].get("compression.method")) + (
+            f" + seq-KD (beam {b})" if (b := g[0].get("config.seq_kd_beam")) else "")),
         Column("Rate", lambda g: f"{g[0].get('compression.rate')}x"),
         Column("Exact rate", _first("compression.rate_exact")),
         Column("Rank", _first("compression.rank")),
@@ -431,20 +433,29 @@ def embed_notes(runs: list[Run]) -> str:
                 + f", test BLEU (beam 5) {r.get('teacher.bleu_beam5')}. Fine-tuning: "
                 f"{r.get('config.trainer.max_update')} updates of {1 - kd:g} cross-entropy + "
                 f"{kd:g} word-level KD (T = {o.get('kd_temperature')}) + "
-                f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors")
+                f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors"
+                + (f", on the teacher's beam-{b} translations of the training sources "
+                   "(sequence-level KD)" if (b := r.get("config.seq_kd_beam")) else ""))
         seeds.setdefault(line, set()).add(r.get("config.seed"))
     lines = [f"{x}; seed{'s' * (len(v) > 1)} {', '.join(map(str, sorted(v)))}."
              for x, v in seeds.items()]
-    bleu: dict[tuple[str, float], list[float]] = {}
-    for r in runs:
-        m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
-            r.get("final.bleu_beam5")
-        if isinstance(rate, int | float) and isinstance(b, int | float):
-            bleu.setdefault((str(m), float(rate)), []).append(b)
-    teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
-    targets = embed_targets({k: statistics.mean(v) for k, v in bleu.items()},
-                            statistics.mean(teacher) if teacher else None)
-    return "".join(f"\n{x}\n" for x in sorted(lines)) + _target_notes(targets)
+    notes = "".join(f"\n{x}\n" for x in sorted(lines))
+    settings = sorted({r.get("config.seq_kd_beam") or 0 for r in runs})
+    for beam in settings:  # the targets compare like with like: one block per setting
+        bleu: dict[tuple[str, float], list[float]] = {}
+        for r in (r for r in runs if (r.get("config.seq_kd_beam") or 0) == beam):
+            m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
+                r.get("final.bleu_beam5")
+            if isinstance(rate, int | float) and isinstance(b, int | float):
+                bleu.setdefault((str(m), float(rate)), []).append(b)
+        teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
+        targets = embed_targets({k: statistics.mean(v) for k, v in bleu.items()},
+                                statistics.mean(teacher) if teacher else None)
+        if len(settings) > 1:
+            targets[0] = targets[0].rstrip(":") + (
+                f", sequence-level KD (beam {beam}):" if beam else ", reference targets:")
+        notes += _target_notes(targets)
+    return notes
 
 
 EMBED_RATES = (4.0, 8.0, 16.0, 32.0)  # the compression rates the targets name

@@ -4,10 +4,12 @@ teacher-forced. Exact-match sentence accuracy, token accuracy and sacreBLEU."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sacrebleu
 import torch
+from torch import Tensor
 
 
 def sequence_scores(hyps: list[str], refs: list[str], tokenize: str = "13a"
@@ -28,10 +30,31 @@ def sequence_scores(hyps: list[str], refs: list[str], tokenize: str = "13a"
             "bleu": round(score.score, 2), "bleu_signature": str(bleu.get_signature())}
 
 
+def generate(task: Any, models: list[Any], split: str, beam: int = 1,
+             batch_size: int = 128, max_len_a: float = 0, max_len_b: int = 50
+             ) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
+    """Decode `split` (already loaded) with fairseq's SequenceGenerator, in dataset order
+    batches: yields each batch `sample` and the best hypothesis' tokens of its rows (EOS
+    last, no padding)."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    gen = task.build_generator(models, GenerationConfig(beam=beam, max_len_a=max_len_a,
+                                                        max_len_b=max_len_b))
+    itr = task.get_batch_iterator(dataset=task.dataset(split), max_sentences=batch_size,
+                                  ignore_invalid_inputs=False, seed=1,
+                                  disable_iterator_cache=True).next_epoch_itr(shuffle=False)
+    for m in models:
+        m.eval()
+    for sample in itr:
+        with torch.no_grad():  # per batch: grad mode never stays off across a yield
+            out = task.inference_step(gen, models, sample)
+        yield sample, [hyp[0]["tokens"].cpu() for hyp in out]
+
+
 def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
                         max_sentences: int | None = None, batch_size: int = 128,
                         max_len_a: float = 0, max_len_b: int = 50) -> dict[str, Any]:
-    """Decode `split` with fairseq's SequenceGenerator and score it (see sequence_scores).
+    """Decode `split` (see `generate`) and score it (see sequence_scores).
 
     Uses `task.decode_tokens(tensor) -> str` when the task defines it (detokenisation for
     BLEU), else the target dictionary's string; `task.reference_text(split, id)` for the
@@ -40,32 +63,22 @@ def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
     out of metrics.jsonl).
     """
     from fairseq import utils
-    from fairseq.dataclass.configs import GenerationConfig
 
-    gen = task.build_generator(models, GenerationConfig(beam=beam, max_len_a=max_len_a,
-                                                            max_len_b=max_len_b))
-    dataset = task.dataset(split)
-    itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size,
-                                  ignore_invalid_inputs=False, seed=1,
-                                  disable_iterator_cache=True).next_epoch_itr(shuffle=False)
     tgt_dict = task.target_dictionary
     decode = getattr(task, "decode_tokens", None) or tgt_dict.string
     reference = getattr(task, "reference_text", lambda split, i: None)
-    for m in models:
-        m.eval()
     hyps: dict[int, str] = {}
     refs: dict[int, str] = {}
     t0 = time.time()
-    with torch.no_grad():
-        for sample in itr:
-            out = task.inference_step(gen, models, sample)
-            for i, sid in enumerate(sample["id"].tolist()):
-                hyps[sid] = decode(out[i][0]["tokens"].cpu())
-                ref = reference(split, sid)
-                refs[sid] = ref if ref is not None else decode(
-                    utils.strip_pad(sample["target"][i], tgt_dict.pad()))
-            if max_sentences and len(hyps) >= max_sentences:
-                break
+    for sample, tokens in generate(task, models, split, beam, batch_size, max_len_a,
+                                   max_len_b):
+        for i, sid in enumerate(sample["id"].tolist()):
+            hyps[sid] = decode(tokens[i])
+            ref = reference(split, sid)
+            refs[sid] = ref if ref is not None else decode(
+                utils.strip_pad(sample["target"][i], tgt_dict.pad()))
+        if max_sentences and len(hyps) >= max_sentences:
+            break
     seconds = time.time() - t0
     ids = sorted(hyps)
     scores: dict[str, Any] = sequence_scores([hyps[i] for i in ids], [refs[i] for i in ids],

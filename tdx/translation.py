@@ -32,6 +32,7 @@ class TdxTranslationConfig(TranslationConfig):
 @register_task("tdx_translation", dataclass=TdxTranslationConfig)
 class TdxTranslationTask(TranslationTask):
     bleu_tokenize = "13a"  # sacreBLEU's default, on detokenised text
+    train_data: str | None = None  # another folder for the train split (tdx.seqkd)
 
     @classmethod
     def setup_task(cls, cfg: TdxTranslationConfig, **kwargs) -> "TdxTranslationTask":  # noqa: ANN003
@@ -41,6 +42,17 @@ class TdxTranslationTask(TranslationTask):
                 prepare(Path(cfg.raw_dir), Path(cfg.data.split(":")[0]), cfg.source_lang,
                         cfg.target_lang, stems, cfg.spm_vocab)
         return super().setup_task(cfg, **kwargs)
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False,
+                     **kwargs) -> None:  # noqa: ANN003
+        """fairseq's, with the train split read from `train_data` when that is set."""
+        if split != "train" or not self.train_data:
+            return super().load_dataset(split, epoch, combine, **kwargs)
+        data, self.cfg.data = self.cfg.data, self.train_data
+        try:
+            return super().load_dataset(split, epoch, combine, **kwargs)
+        finally:
+            self.cfg.data = data
 
     def decode_tokens(self, tokens: torch.Tensor) -> str:
         return self.tgt_dict.string(tokens, "sentencepiece")

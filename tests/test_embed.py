@@ -122,11 +122,18 @@ def test_word_kd_against_hand_computed_values():
     assert math.isclose(float(word_kd(s, t, mask, tau)), expected2, rel_tol=1e-6)
 
 
-def test_recipe_teacher_compress_finetune_decode(small_multi30k, tmp_path):
-    data = [f"data.raw_dir={small_multi30k}", f"data.data_path={tmp_path / 'bin'}"]
+@pytest.fixture(scope="module")
+def tiny_teacher(small_multi30k, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A tiny Multi30k Transformer run folder and the data overrides it was trained with."""
+    root = tmp_path_factory.mktemp("embed")
+    data = [f"data.raw_dir={small_multi30k}", f"data.data_path={root / 'bin'}"]
     tdx("train", "talk-mt", "model=transformer_multi30k", *data, *TINY_MT,
-        "paths.runs_dir=teacher", cwd=tmp_path, check=True, timeout=600)
-    teacher = only_run(tmp_path / "teacher")
+        "paths.runs_dir=teacher", cwd=root, check=True, timeout=600)
+    return only_run(root / "teacher"), data
+
+
+def test_recipe_teacher_compress_finetune_decode(tiny_teacher, tmp_path):
+    teacher, data = tiny_teacher
     proc = tdx("train", "embed", f"teacher={teacher}", "model.embed_method=distilled",
                "model.embed_rate=4", "model.embed_init_steps=50",
                *data, *TINY_MT, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
@@ -138,6 +145,49 @@ def test_recipe_teacher_compress_finetune_decode(small_multi30k, tmp_path):
     assert c["model_params"] < c["model_params_teacher"]
     assert c["mse"] == c["mse_init"] > 0  # with the bias the start is the best fit
     assert {"bleu_beam2", "bleu_greedy"} <= set(s["initial"]) and "bleu_beam2" in s["final"]
+    assert "seq_kd" not in s
+
+
+def test_seq_kd_trains_on_the_teachers_translations_in_order(tiny_teacher, tmp_path):
+    """seq_kd_beam=N: the train targets become the teacher's beam-N output for the same
+    source (item i for sentence i, not in decoding order), cached in the teacher's folder."""
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.data import data_utils
+
+    from tdx.fairseq_engine import parse_fairseq, teacher_checkpoint
+    from tdx.seqeval import generate
+
+    teacher, data = tiny_teacher
+    args = ("train", "embed", f"teacher={teacher}", "seq_kd_beam=2", "model.embed_method=svd",
+            "model.embed_rate=4", *data, *TINY_MT, "trainer.max_update=4",
+            "trainer.valid_every=2", "trainer.save_every=2")
+    proc = tdx(*args, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = summary(only_run(tmp_path / "runs"))
+    assert s["status"] == "completed" and "bleu_beam2" in s["final"], s
+    out = Path(s["seq_kd"]["train_data"])
+    assert out == (teacher / "seqkd" / "beam2").resolve() and s["seq_kd"]["beam"] == 2
+
+    bin_dir = data[1].split("=", 1)[1]
+    fcfg = parse_fairseq([bin_dir, "--task", "tdx_translation", "--source-lang", "de",
+                          "--target-lang", "en", "--arch", "transformer"])
+    task = tasks.setup_task(fcfg.task)
+    models, _ = checkpoint_utils.load_model_ensemble(
+        [str(teacher_checkpoint(teacher))], task=task)
+    task.load_dataset("train")
+    expected = {}
+    for sample, tokens in generate(task, models, "train", beam=2, max_len_a=1.2,
+                                   max_len_b=10):
+        expected.update(zip(sample["id"].tolist(), tokens, strict=True))
+    stored = data_utils.load_indexed_dataset(str(out / "train.de-en.en"), task.tgt_dict)
+    references = task.dataset("train").tgt
+    assert len(stored) == len(expected) == len(references) == 400
+    assert all(torch.equal(stored[i], expected[i]) for i in range(400))
+    assert any(not torch.equal(stored[i], references[i]) for i in range(400))
+
+    made = (out / "made.json").stat().st_mtime_ns  # a second run reuses the folder
+    proc = tdx(*args, "paths.runs_dir=runs2", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0 and (out / "made.json").stat().st_mtime_ns == made
 
 
 def test_embed_without_a_teacher_is_a_usage_error(tmp_path: Path):
