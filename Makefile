@@ -73,6 +73,9 @@ table-talk: install
 # updates.
 EMBED_UPDATES ?= 150
 EMBED_TEACHER_UPDATES ?= 1500
+# extra overrides of every embed fine-tuning run, e.g. EMBED_ARGS=seq_kd_beam=5
+EMBED_ARGS ?=
+
 table-embed: install
 	teacher="$${EMBED_TEACHER:-runs/embed/teacher}"; \
 	if [ -z "$$EMBED_TEACHER" ] && [ ! -f "$$teacher/summary.json" ]; then \
@@ -81,10 +84,10 @@ table-embed: install
 	    trainer.save_every=50 hydra.run.dir=$$teacher || exit 1; \
 	fi; \
 	$(BIN)/tdx train embed -m teacher=$$teacher trainer.max_update=$(EMBED_UPDATES) \
-	  model.embed_method=svd,distilled,groupreduce model.embed_rate=4,8,16,32 \
+	  model.embed_method=svd,distilled,groupreduce model.embed_rate=4,8,16,32 $(EMBED_ARGS) \
 	  hydra.sweep.dir=runs/embed/table-lowrank; \
 	$(BIN)/tdx train embed -m teacher=$$teacher trainer.max_update=$(EMBED_UPDATES) \
-	  model.embed_method=quant8,quant4 hydra.sweep.dir=runs/embed/table-quant; \
+	  model.embed_method=quant8,quant4 $(EMBED_ARGS) hydra.sweep.dir=runs/embed/table-quant; \
 	$(BIN)/tdx report runs/embed/table-lowrank runs/embed/table-quant --table embed \
 	  --out results/embed.md --plot results/embed.png
 
@@ -94,7 +97,7 @@ table-embed-talk: install
 	teacher="$${EMBED_TALK_TEACHER:-$$(grep -ls 'model=talkconv_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1 | xargs -r dirname)}"; \
 	[ -n "$$teacher" ] || { echo "no talk-mt run of talkconv_multi30k: make table-talk first"; exit 2; }; \
 	$(BIN)/tdx train embed -m teacher=$$teacher model=embcomp_talkconv_multi30k \
-	  trainer.max_update=$(EMBED_UPDATES) model.embed_rate=4,8,16,32 \
+	  trainer.max_update=$(EMBED_UPDATES) model.embed_rate=4,8,16,32 $(EMBED_ARGS) \
 	  hydra.sweep.dir=runs/embed/table-talk; \
 	$(BIN)/tdx report runs/embed/table-talk --table embed --out results/embed_talk.md
 
