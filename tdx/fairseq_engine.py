@@ -68,6 +68,10 @@ def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
     t = cfg.trainer
     if cfg.get("teacher"):
         options["teacher_path"] = str(teacher_checkpoint(Path(cfg.teacher)))
+    beam = cfg.get("seq_kd_beam", 0)
+    if beam != 0 and not (type(beam) is int and beam > 0 and cfg.get("teacher")):
+        raise UsageError(f"seq_kd_beam={beam}: sequence-level KD needs a positive beam size "
+                         "and a teacher= (0 turns it off)")
     options.update(
         user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=cfg.get("device", "cpu") == "cpu",
         device_id=WORLD.local_rank, num_workers=0,
@@ -176,7 +180,7 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
             run.update(compression=fit, teacher={"checkpoint": str(path), **{
                 k: v for k, v in scores.items() if k.startswith("bleu")}})
             log.info("compressed embedding fitted to the teacher: %s", fmt(fit))
-    if cfg.get("seq_kd_beam"):
+    if cfg.get("seq_kd_beam", 0) != 0:
         seq_kd(cfg, task, criterion, run)
     trainer = Trainer(fcfg, task, model, criterion)
 

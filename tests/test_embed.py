@@ -189,6 +189,10 @@ def test_seq_kd_trains_on_the_teachers_translations_in_order(tiny_teacher, tmp_p
     proc = tdx(*args, "paths.runs_dir=runs2", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0 and (out / "made.json").stat().st_mtime_ns == made
 
+    proc = tdx(*args, "seq_kd_beam=-1", "paths.runs_dir=runs3", cwd=tmp_path)
+    assert proc.returncode == 2 and "seq_kd_beam=-1: sequence-level KD needs a positive" in (
+        proc.stderr + proc.stdout)
+
 
 def test_embed_without_a_teacher_is_a_usage_error(tmp_path: Path):
     proc = tdx("train", "embed", cwd=tmp_path)
