@@ -440,18 +440,20 @@ def embed_notes(runs: list[Run]) -> str:
     lines = [f"{x}; seed{'s' * (len(v) > 1)} {', '.join(map(str, sorted(v)))}."
              for x, v in seeds.items()]
     notes = "".join(f"\n{x}\n" for x in sorted(lines))
-    settings = sorted({r.get("config.seq_kd_beam") or 0 for r in runs})
-    for beam in settings:  # the targets compare like with like: one block per setting
-        bleu: dict[tuple[str, float], list[float]] = {}
-        for r in (r for r in runs if (r.get("config.seq_kd_beam") or 0) == beam):
-            m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
-                r.get("final.bleu_beam5")
-            if isinstance(rate, int | float) and isinstance(b, int | float):
-                bleu.setdefault((str(m), float(rate)), []).append(b)
-        teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
-        targets = embed_targets({k: statistics.mean(v) for k, v in bleu.items()},
+    teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
+    # {seq-KD beam (0: reference targets): {(method, rate): [BLEU]}}: the targets compare
+    # like with like, one block per kind of training target
+    bleu: dict[int, dict[tuple[str, float], list[float]]] = {}
+    for r in runs:
+        m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
+            r.get("final.bleu_beam5")
+        per = bleu.setdefault(r.get("config.seq_kd_beam") or 0, {})
+        if isinstance(rate, int | float) and isinstance(b, int | float):
+            per.setdefault((str(m), float(rate)), []).append(b)
+    for beam, per in sorted(bleu.items()):
+        targets = embed_targets({k: statistics.mean(v) for k, v in per.items()},
                                 statistics.mean(teacher) if teacher else None)
-        if len(settings) > 1:
+        if len(bleu) > 1:
             targets[0] = targets[0].rstrip(":") + (
                 f", sequence-level KD (beam {beam}):" if beam else ", reference targets:")
         notes += _target_notes(targets)

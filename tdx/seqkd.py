@@ -66,8 +66,7 @@ def prepare(task: Any, teacher: nn.Module, checkpoint: Path, beam: int, max_len_
     n = len(task.dataset("train"))
     hyps = _decode(task, teacher, n, beam, max_len_a, max_len_b, batch_size)
     _write(hyps, work / f"{stem}.{tgt}", len(task.target_dictionary))
-    stamp_tmp = work / "made.json"
-    stamp_tmp.write_text(json.dumps(made, indent=1))
+    (work / "made.json").write_text(json.dumps(made, indent=1))
     work.rename(out)  # complete or absent: an interrupted decode is redone
     return out
 
@@ -89,7 +88,7 @@ def _decode(task: Any, teacher: nn.Module, n: int, beam: int, max_len_a: float,
             log.info("sequence-level KD: %d/%d sentences, %.0f sent/s", done, n,
                      done / max(last - t0, 1e-9))
     missing = [i for i, h in enumerate(hyps) if h is None]
-    if missing:  # the iterator skipped sentences (too long for the teacher)
+    if missing:  # never expected (the iterator filters nothing): a clear error, not a crash
         raise ValueError(f"the teacher produced no translation for {len(missing)} training "
                          f"sentences (first: {missing[:5]})")
     return hyps
