@@ -85,11 +85,21 @@ def hidden(cfg: DictConfig, seed: int) -> Degradation:
 
 def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Tensor]
                     ) -> Stage:
+    """Hinge GAN on T91 patches, plus (weight `recon`) a GLO reconstruction term
+    (Bojanowski et al. 2018, the latent-optimisation model NAM builds on): a bank of real
+    patches, each with its own code optimised jointly with G on |G(z_j) - x_j|_1. The
+    adversarial term keeps samples sharp; the reconstruction term makes G cover the
+    patches, which latent fitting (stages 2 and 5) needs."""
     s = cfg.srnam.generator
     C = Critic(cfg.srnam.patch, cfg.srnam.width)
     opt_g = torch.optim.Adam(G.parameters(), lr=s.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=s.lr, betas=(0.0, 0.9))
     held_out = random_patches(images, 64, cfg.srnam.patch, torch.Generator().manual_seed(12345))
+    bank = random_patches(images, s.bank, cfg.srnam.patch,
+                          torch.Generator().manual_seed(cfg.seed + 7))  # (M, 3, S, S)
+    codes = nn.Parameter(torch.randn(s.bank, G.z_dim,
+                                     generator=torch.Generator().manual_seed(cfg.seed + 8)))
+    opt_z = torch.optim.Adam([codes], lr=s.z_lr)
 
     def step(i: int) -> dict[str, float]:
         G.train()
@@ -101,11 +111,15 @@ def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Ten
         loss_c.backward()
         opt_c.step()
         loss_g = -C(G(z)).mean()
+        idx = torch.randint(s.bank, (s.batch,), generator=gen)
+        rec = (G(codes[idx]) - bank[idx]).abs().mean()
         opt_g.zero_grad()
-        loss_g.backward()
+        opt_z.zero_grad()
+        (loss_g + s.recon * rec).backward()
         opt_g.step()
+        opt_z.step()
         return {"loss": loss_c.item() + loss_g.item(), "loss_c": loss_c.item(),
-                "loss_g": loss_g.item()}
+                "loss_g": loss_g.item(), "recon": rec.item()}
 
     def evaluate(i: int) -> dict[str, float]:
         """How well G can represent real patches it did not train on: PSNR of the best
@@ -118,7 +132,8 @@ def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Ten
         mse = F.mse_loss(quantize(G(fit).detach()), held_out)
         return {"fit_psnr": round(float(10 * torch.log10(1 / mse)), 3)}
 
-    return Stage("generator", s.steps, step, {"G": G, "C": C, "opt_g": opt_g, "opt_c": opt_c},
+    return Stage("generator", s.steps, step, {"G": G, "C": C, "opt_g": opt_g, "opt_c": opt_c,
+                                              "codes": codes, "opt_z": opt_z},
                  evaluate, units=s.batch, unit_name="patches")
 
 
@@ -136,6 +151,23 @@ def laplacian_l1(a: Tensor, b: Tensor, levels: int = 3) -> Tensor:
         loss = loss + ((a - ua) - (b - ub)).abs().mean()
         a, b = da, db
     return loss + (a - b).abs().mean()
+
+
+def contrast_l1(a: Tensor, b: Tensor, levels: int = 2) -> Tensor:
+    """Mean over patches of |RMS(band of a) - RMS(band of b)|, summed over the finest
+    Laplacian-pyramid levels: a texture-like term that, unlike a pixel distance, does not
+    reward a blurrier D(G(z)) when G cannot reproduce y exactly (the drift of D towards
+    a wide kernel seen with the pixel terms alone)."""
+    loss = a.new_zeros(())
+    for _ in range(levels):
+        if min(a.shape[-2:]) < 2:
+            break
+        da, db = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        rms = [(x - F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False))
+               .pow(2).mean((1, 2, 3)).add(1e-8).sqrt() for x, d in ((a, da), (b, db))]
+        loss = loss + (rms[0] - rms[1]).abs().mean()
+        a, b = da, db
+    return loss
 
 
 def realistic_patches(cfg: DictConfig, images: list[Tensor], n: int) -> Tensor:
@@ -164,17 +196,38 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
         out = D(G(z))
         l1 = (out - y).abs().mean()
         pyr = laplacian_l1(out, y)
-        loss = l1 + s.pyramid * pyr + s.prior * z.pow(2).mean()
+        con = contrast_l1(out, y)
+        loss = l1 + s.pyramid * pyr + s.contrast * con + s.prior * z.pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": loss.item(), "l1": l1.item(), "pyramid": pyr.item()}
+        return {"loss": loss.item(), "l1": l1.item(), "pyramid": pyr.item(),
+                "contrast": con.item()}
+
+    start = degradation_fidelity(D, eval_images, targets, cfg.srnam.scale)["d_psnr_learned"]
+    camera_spread = kernel_spread(camera.mean_kernel())
 
     def evaluate(i: int) -> dict[str, float]:
-        return degradation_fidelity(D, eval_images, targets, cfg.srnam.scale)
+        """Fidelity of D now, of D at its start (the Gaussian it is initialised as) and of
+        bicubic; the spread (std, px) of D's blur against the camera's mean kernel."""
+        return {**degradation_fidelity(D, eval_images, targets, cfg.srnam.scale),
+                "d_psnr_start": start, "kernel_std": kernel_spread(D.blur_kernel()),
+                "camera_kernel_std": camera_spread}
 
     return Stage("degradation", s.steps, step, {"D": D, "Z": Z, "opt": opt}, evaluate,
                  units=s.batch, unit_name="patches")
+
+
+@torch.no_grad()
+def kernel_spread(kernel: Tensor) -> float:
+    """Mean of the y and x standard deviations (px) of a non-negative 2-D kernel."""
+    k = kernel / kernel.sum()
+    stds = []
+    for marginal in (k.sum(1), k.sum(0)):
+        r = torch.arange(len(marginal), dtype=k.dtype)
+        mu = (marginal * r).sum()
+        stds.append(float((marginal * (r - mu) ** 2).sum().sqrt()))
+    return round(sum(stds) / 2, 3)
 
 
 @torch.no_grad()

@@ -241,7 +241,10 @@ def srnam_notes(runs: list[Run]) -> str:
             "mean per-pixel std across candidates and consistency the mean |D(candidate) - "
             "LR|, both of 255, per set. Closeness to the hidden degradation, PSNR of a "
             f"degradation's output against the hidden pipeline's LR of unseen T91 images: "
-            f"learned D {learned} dB, bicubic {bicubic} dB. G's best latent fit of held-out "
+            f"learned D {learned} dB (at its Gaussian start {f.get('degradation/d_psnr_start')}"
+            f" dB), bicubic {bicubic} dB; spread (std, px) of D's blur "
+            f"{f.get('degradation/kernel_std')} against the camera's mean kernel "
+            f"{f.get('degradation/camera_kernel_std')}. G's best latent fit of held-out "
             f"HR patches: {f.get('generator/fit_psnr')} dB.\n" + _srnam_settings(runs[0]))
 
 
