@@ -59,19 +59,20 @@ class Degradation(nn.Module):
     """HR (N, 3, H, W) -> LR (N, 3, H/s, W/s): a learned camera blur and subsampling. The
     blur is one (4s, 4s) kernel shared by the colour channels, kept physical (non-negative,
     summing to 1) as the softmax of its logits, applied with stride s and reflect padding;
-    it starts as a Gaussian of sigma s/2. `residual=True` adds a small CNN at low
-    resolution, zero at the start, for compression-like effects.
+    it starts as a Gaussian of std `sigma` px (default s/2). `residual=True` adds a small
+    CNN at low resolution, zero at the start, for compression-like effects.
 
     The constraint matters for NAM training: G cannot reproduce every patch exactly, and
     an unconstrained D learns to make up for G's errors (colour, contrast) instead of
     modelling the camera, which then fails on real HR images."""
 
-    def __init__(self, scale: int = 4, residual: bool = False, width: int = 16):
+    def __init__(self, scale: int = 4, residual: bool = False, width: int = 16,
+                 sigma: float | None = None):
         super().__init__()
         self.scale, k = scale, 4 * scale
         r = torch.arange(k) - (k - 1) / 2
         d2 = r[:, None] ** 2 + r[None, :] ** 2
-        self.logits = nn.Parameter(-d2 / (2 * (scale / 2) ** 2))  # (k, k)
+        self.logits = nn.Parameter(-d2 / (2 * (sigma or scale / 2) ** 2))  # (k, k)
         self.residual = None
         if residual:
             self.residual = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),

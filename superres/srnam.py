@@ -453,7 +453,8 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
                 shutil.copyfile(src, dst)
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
-    D = DegradationNet(sr.scale, residual=sr.degradation.residual)
+    D = DegradationNet(sr.scale, residual=sr.degradation.residual,
+                       sigma=sr.degradation.init_sigma)
     cnns = {"srcnn_bicubic": SRCNN(), "srcnn_learned": SRCNN()}
     results: dict[str, Any] = {}
 

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tdx.superres.images import Degradation, ImageError, bicubic_down_torch, load_rgb, resize
 from tdx.superres.metrics import psnr, ssim
 from tdx.superres.nets import Degradation as DegradationNet
 from tdx.superres.nets import Generator
-from tdx.superres.srnam import fit_codes
+from tdx.superres.srnam import contrast_l1, fit_codes, kernel_spread, laplacian_l1
 
 from .conftest import TDX, only_run, summary, tdx, wait_for_lines
 
 SR = Path(os.environ["TDX_DATA_DIR"]) / "sr"
-FAST = ["srnam.generator.steps=2", "srnam.degradation.steps=2", "srnam.degradation.patches=64",
+FAST = ["srnam.generator.steps=2", "srnam.generator.bank=64", "srnam.degradation.steps=2",
+        "srnam.degradation.patches=64",
         "srnam.srcnn.steps=2", "srnam.infer.steps=2", "srnam.infer.k=2",
         "srnam.eval.sets=[Set5]", "srnam.eval.max_images=1", "srnam.eval.grid_images=1",
         "srnam.eval.d_images=2", "trainer.log_every=1", "trainer.valid_every=2",
@@ -90,6 +92,27 @@ def test_latent_fitting_lowers_the_consistency_error():
         after = (degrade(G(z)) - target).abs().mean()
     assert after < 0.5 * before
     assert all(p.requires_grad for p in G.parameters())  # G's flags are given back
+
+
+def test_contrast_term_does_not_reward_a_blurrier_output():
+    """With an output that cannot match its target (independent textures of the same
+    statistics), the pixel distances prefer a blurred output; the band-contrast term
+    prefers the one as sharp as the target."""
+    torch.manual_seed(0)
+    a, b = torch.rand(64, 3, 8, 8), torch.rand(64, 3, 8, 8)
+    blurred = F.avg_pool2d(F.pad(a, [1, 1, 1, 1], mode="replicate"), 3, stride=1)
+    assert laplacian_l1(blurred, b) < laplacian_l1(a, b)
+    assert contrast_l1(blurred, b) > contrast_l1(a, b)
+    assert float(contrast_l1(b, b)) == 0.0
+
+
+def test_kernel_spread_of_a_gaussian():
+    r = torch.arange(17.0) - 8
+    for sigma in (1.0, 2.0):
+        g = torch.exp(-(r[:, None] ** 2 + r[None] ** 2) / (2 * sigma**2))
+        assert kernel_spread(g) == pytest.approx(sigma, abs=0.01)
+    # the softmax start of the learned D is the Gaussian of sigma scale / 2
+    assert kernel_spread(DegradationNet(4).blur_kernel().detach()) == pytest.approx(2.0, abs=0.05)
 
 
 def test_every_stage_runs_two_updates(tmp_path):
