@@ -139,18 +139,27 @@ def generator_stage(cfg: DictConfig, run: RunDir, G: Generator, images: list[Ten
 
 # ----------------------------------------------------------------------- stage 2
 
+def pyramid(x: Tensor, levels: int) -> tuple[list[Tensor], Tensor]:
+    """Laplacian pyramid (Burt & Adelson 1983) with 2x2 averaging and bilinear
+    up-sampling: up to `levels` band-pass images, finest first, and the low-pass rest."""
+    bands = []
+    for _ in range(levels):
+        if min(x.shape[-2:]) < 2:
+            break
+        low = F.avg_pool2d(x, 2)
+        bands.append(x - F.interpolate(low, size=x.shape[-2:], mode="bilinear",
+                                       align_corners=False))
+        x = low
+    return bands, x
+
+
 def laplacian_l1(a: Tensor, b: Tensor, levels: int = 3) -> Tensor:
     """Sum over a Laplacian pyramid of the mean L1 between band-pass levels."""
+    (bands_a, low_a), (bands_b, low_b) = pyramid(a, levels), pyramid(b, levels)
     loss = a.new_zeros(())
-    for _ in range(levels):
-        if min(a.shape[-2:]) < 2:
-            break
-        da, db = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-        ua = F.interpolate(da, size=a.shape[-2:], mode="bilinear", align_corners=False)
-        ub = F.interpolate(db, size=b.shape[-2:], mode="bilinear", align_corners=False)
-        loss = loss + ((a - ua) - (b - ub)).abs().mean()
-        a, b = da, db
-    return loss + (a - b).abs().mean()
+    for x, y in zip(bands_a, bands_b, strict=True):
+        loss = loss + (x - y).abs().mean()
+    return loss + (low_a - low_b).abs().mean()
 
 
 def contrast_l1(a: Tensor, b: Tensor, levels: int = 2) -> Tensor:
@@ -158,15 +167,10 @@ def contrast_l1(a: Tensor, b: Tensor, levels: int = 2) -> Tensor:
     Laplacian-pyramid levels: a texture-like term that, unlike a pixel distance, does not
     reward a blurrier D(G(z)) when G cannot reproduce y exactly (the drift of D towards
     a wide kernel seen with the pixel terms alone)."""
+    rms = lambda band: band.pow(2).mean((1, 2, 3)).add(1e-8).sqrt()  # noqa: E731  (N,)
     loss = a.new_zeros(())
-    for _ in range(levels):
-        if min(a.shape[-2:]) < 2:
-            break
-        da, db = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-        rms = [(x - F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False))
-               .pow(2).mean((1, 2, 3)).add(1e-8).sqrt() for x, d in ((a, da), (b, db))]
-        loss = loss + (rms[0] - rms[1]).abs().mean()
-        a, b = da, db
+    for x, y in zip(pyramid(a, levels)[0], pyramid(b, levels)[0], strict=True):
+        loss = loss + (rms(x) - rms(y)).abs().mean()
     return loss
 
 
