@@ -449,11 +449,15 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     unknown = [s for s in sr.stages if s not in STAGES]
     if unknown:
         raise UsageError(f"unknown SR-NAM stage(s) {unknown}; stages: {', '.join(STAGES)}")
-    if sr.init_from:  # finished stages of another run are reused, not retrained
+    if sr.init_from:  # another run's finished stages are reused, except the selected ones
+        retrain = set(sr.stages)  # and those built on a retrained model (STAGES is in order)
+        for st in STAGES:
+            if any(dep in retrain for dep, users in USERS.items() if st in users):
+                retrain.add(st)
         for st in STAGES:
             src = Path(sr.init_from) / "checkpoints" / f"{st}.pt"
             dst = run_dir.ckpt_dir / f"{st}.pt"
-            if src.exists() and not dst.exists():
+            if st not in retrain and src.exists() and not dst.exists():
                 shutil.copyfile(src, dst)
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)

@@ -136,6 +136,16 @@ def test_every_stage_runs_two_updates(tmp_path):
                "paths.runs_dir=again", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "already trained" in proc.stdout + proc.stderr
+    # a selected stage is trained again (an ablation of D on the same G); G is reused
+    proc = tdx("train", "srnam", *FAST, "srnam.stages=[degradation]", f"srnam.init_from={run}",
+               "srnam.degradation.init_sigma=3.0", "paths.runs_dir=ablate", cwd=tmp_path,
+               timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "stage generator: already trained" in out
+    assert "stage degradation: already trained" not in out
+    again = summary(only_run(tmp_path / "ablate"))["final"]
+    assert again["degradation/d_psnr_start"] != f["degradation/d_psnr_start"]
 
 
 def _t91_with(tmp_path: Path, name: str, write) -> Path:  # noqa: ANN001
