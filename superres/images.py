@@ -97,6 +97,16 @@ def random_patches(images: list[Tensor], n: int, size: int, gen: torch.Generator
     return out
 
 
+def noise_level(img: Tensor) -> float:
+    """Blind estimate of the std of white noise in an image (3, H, W): the median absolute
+    diagonal Haar detail coefficient over 0.6745 (Donoho & Johnstone 1994, Sec. 4.2),
+    pooled over the colour channels. Fine texture in the image biases it upwards."""
+    h, w = img.shape[-2] // 2 * 2, img.shape[-1] // 2 * 2
+    x = img[..., :h, :w]
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    return float(hh.abs().median() / 0.6745)
+
+
 # ------------------------------------------------------------------ hidden degradation
 
 @dataclass
@@ -105,7 +115,9 @@ class Degradation:
     Gaussian blur (sigmas in `sigma`, any angle), down-sampling by taking every
     `scale`-th pixel, Gaussian noise (std in `noise`, of 255), then JPEG (quality in
     `jpeg`). Parameters are drawn from `seed` and the image index, so a given image is
-    always degraded the same way."""
+    always degraded the same way. LR pixel j is centred on HR position s*j + (s-1)/2, as
+    in the provided bicubic LR: for even s the blur is centred half a pixel before the
+    pixel taken (the misalignment Zhang et al. 2021, BSRGAN, correct for)."""
 
     scale: int = 4
     sigma: tuple[float, float] = (0.8, 2.4)
@@ -125,9 +137,10 @@ class Degradation:
 
     def __call__(self, hr: Tensor, index: int) -> Tensor:
         p = self.params(index)
-        k = gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], size=4 * self.scale + 1)
-        blurred = conv_same(hr.unsqueeze(0), k).squeeze(0)
         s = self.scale
+        k = gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], size=4 * s + 1,
+                            shift=s // 2 - (s - 1) / 2)
+        blurred = conv_same(hr.unsqueeze(0), k).squeeze(0)
         lr = blurred[:, s // 2::s, s // 2::s][:, : hr.shape[1] // s, : hr.shape[2] // s]
         g = torch.Generator().manual_seed(p["noise_seed"])
         lr = (lr + torch.randn(lr.shape, generator=g) * p["noise"] / 255).clamp(0, 1)
@@ -140,10 +153,17 @@ class Degradation:
                               size=4 * self.scale + 1) for i in range(samples)]
         return torch.stack(ks).mean(0)
 
+    def mean_noise(self, samples: int = 256) -> float:
+        """The average noise std of the family, of 255."""
+        return sum(self.params(i)["noise"] for i in range(samples)) / samples
 
-def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float, size: int) -> Tensor:
-    """A normalised (size, size) anisotropic Gaussian rotated by theta."""
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+
+def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float, size: int,
+                    shift: float = 0.0) -> Tensor:
+    """A normalised (size, size) anisotropic Gaussian rotated by theta, centred `shift`
+    pixels before the middle (up and left); as a correlation kernel it then averages
+    around a point `shift` pixels before the output pixel."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2 + shift
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     c, s = math.cos(theta), math.sin(theta)
     u, v = c * xx + s * yy, -s * xx + c * yy

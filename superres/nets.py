@@ -4,6 +4,8 @@ its critic, the HR -> LR degradation network D, and the SRCNN-sized supervised b
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,7 +62,10 @@ class Degradation(nn.Module):
     blur is one (4s, 4s) kernel shared by the colour channels, kept physical (non-negative,
     summing to 1) as the softmax of its logits, applied with stride s and reflect padding;
     it starts as a Gaussian of std `sigma` px (default s/2). `residual=True` adds a small
-    CNN at low resolution, zero at the start, for compression-like effects.
+    CNN at low resolution, zero at the start, for compression-like effects. `noise_std`
+    (a buffer, set from a blind estimate on the LR photos, not trained) is the camera's
+    noise level: `sample` adds it, for making training pairs; `forward` is the noise-free
+    mean, which latent fitting uses.
 
     The constraint matters for NAM training: G cannot reproduce every patch exactly, and
     an unconstrained D learns to make up for G's errors (colour, contrast) instead of
@@ -79,6 +84,11 @@ class Degradation(nn.Module):
                                           nn.Conv2d(width, 3, 3, padding=1))
             nn.init.zeros_(self.residual[-1].weight)
             nn.init.zeros_(self.residual[-1].bias)
+        self.register_buffer("noise_std", torch.zeros(()))  # of 1, not of 255
+
+    def _load_from_state_dict(self, state: dict, prefix: str, *args: Any) -> None:
+        state.setdefault(prefix + "noise_std", torch.zeros(()))  # saved before it existed
+        super()._load_from_state_dict(state, prefix, *args)
 
     def blur_kernel(self) -> Tensor:  # (k, k), non-negative, sums to 1
         return torch.softmax(self.logits.flatten(), 0).view_as(self.logits)
@@ -91,6 +101,12 @@ class Degradation(nn.Module):
         kernel = self.blur_kernel().expand(3, 1, k, k)
         lr = F.conv2d(x, kernel, stride=s, groups=3)  # (N, 3, h/s, w/s)
         return lr + self.residual(lr) if self.residual is not None else lr
+
+    def sample(self, hr: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """One draw of the camera: the mean degradation plus white Gaussian noise of the
+        estimated level, the way Bulat et al. (2018) make LR training images."""
+        lr = self(hr)
+        return lr + self.noise_std * torch.randn(lr.shape, generator=gen)
 
 
 class SRCNN(nn.Module):

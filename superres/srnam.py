@@ -8,7 +8,8 @@ the plain-PyTorch engine; stages (in order, any subset via `srnam.stages`):
                    jointly on |D(G(z_i)) - y_i|_1 + a Laplacian-pyramid L1 term, G frozen.
                    No HR image is paired with y_i. (VGG features, which the paper's
                    perceptual distance uses, are not available offline: the pyramid L1
-                   replaces them.)
+                   replaces them.) D's noise level is a blind estimate on the same LR
+                   photos (`images.noise_level`), used only when D makes training pairs.
 3. srcnn_bicubic   the supervised baseline on bicubic T91 pairs,
 4. srcnn_learned   the same CNN on pairs made by the learned D (as Bulat et al. 2018 use a
                    learned degradation).
@@ -44,6 +45,7 @@ from tdx.superres.images import (
     ImageError,
     bicubic_down_torch,
     load_rgb,
+    noise_level,
     quantize,
     random_patches,
     resize,
@@ -174,12 +176,16 @@ def contrast_l1(a: Tensor, b: Tensor, levels: int = 2) -> Tensor:
     return loss
 
 
-def realistic_patches(cfg: DictConfig, images: list[Tensor], n: int) -> Tensor:
-    """n random LR patches of the hidden degradation of `images` (the camera's photos)."""
+def camera_photos(cfg: DictConfig, images: list[Tensor]) -> list[Tensor]:
+    """The LR photos D learns from: the hidden degradation of `images`."""
     degrade = hidden(cfg, cfg.srnam.hidden.seed)
-    lrs = [degrade(img, i) for i, img in enumerate(images)]
+    return [degrade(img, i) for i, img in enumerate(images)]
+
+
+def realistic_patches(cfg: DictConfig, photos: list[Tensor], n: int) -> Tensor:
+    """n random (patch / scale)-sized crops of the LR photos."""
     p = cfg.srnam.patch // cfg.srnam.scale
-    return random_patches(lrs, n, p, torch.Generator().manual_seed(cfg.seed + 99))
+    return random_patches(photos, n, p, torch.Generator().manual_seed(cfg.seed + 99))
 
 
 def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patches: Tensor,
@@ -213,10 +219,13 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
 
     def evaluate(i: int) -> dict[str, float]:
         """Fidelity of D now, of D at its start (the Gaussian it is initialised as) and of
-        bicubic; the spread (std, px) of D's blur against the camera's mean kernel."""
+        bicubic; the spread (std, px) of D's blur and D's noise level (of 255) against the
+        camera's mean kernel and mean noise."""
         return {**degradation_fidelity(D, eval_images, targets, cfg.srnam.scale),
                 "d_psnr_start": start, "kernel_std": kernel_spread(D.blur_kernel()),
-                "camera_kernel_std": camera_spread}
+                "camera_kernel_std": camera_spread,
+                "noise_std": round(float(D.noise_std) * 255, 3),
+                "camera_noise_std": round(camera.mean_noise(), 3)}
 
     return Stage("degradation", s.steps, step, {"D": D, "Z": Z, "opt": opt}, evaluate,
                  units=s.batch, unit_name="patches")
@@ -257,7 +266,8 @@ def upsample(lr: Tensor, scale: int) -> Tensor:
 
 def srcnn_stage(cfg: DictConfig, name: str, net: SRCNN, images: list[Tensor],
                 degrade: Any) -> Stage:
-    """Data-parallel over the ranks: each draws the same global batch and trains on its
+    """SRCNN on pairs (HR patch, degrade(HR patch, generator)), quantised to 8 bits.
+    Data-parallel over the ranks: each draws the same global batch and trains on its
     shard; DDP averages the gradients, so any number of ranks takes the same steps."""
     s, scale = cfg.srnam.srcnn, cfg.srnam.scale
     model = distributed.wrap(net)
@@ -267,7 +277,7 @@ def srcnn_stage(cfg: DictConfig, name: str, net: SRCNN, images: list[Tensor],
         rng = step_generator(cfg.seed, name, i)
         hr = distributed.shard(random_patches(images, s.batch, s.patch, rng))
         with torch.no_grad():
-            lr = quantize(degrade(hr).clamp(0, 1))
+            lr = quantize(degrade(hr, rng).clamp(0, 1))
         loss = F.mse_loss(model(upsample(lr, scale)), hr)
         opt.zero_grad()
         loss.backward()
@@ -474,12 +484,17 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         results["generator"] = run_stage(generator_stage(cfg, run_dir, G, g_images),
                                          cfg, run_dir, stop)
     if need("degradation"):
-        lr_patches = realistic_patches(cfg, camera_images, sr.degradation.patches)
+        photos = camera_photos(cfg, camera_images)
+        noise = sr.degradation.noise_std  # of 255; null: blind estimate on the photos
+        if noise is None:
+            noise = 255 * float(torch.tensor([noise_level(p) for p in photos]).median())
+        D.noise_std.fill_(noise / 255)
+        lr_patches = realistic_patches(cfg, photos, sr.degradation.patches)
         results["degradation"] = run_stage(
             degradation_stage(cfg, G, D, lr_patches, g_images[: sr.eval.d_images]),
             cfg, run_dir, stop)
-    for name, degrade in (("srcnn_bicubic", lambda x: bicubic_down_torch(x, sr.scale)),
-                          ("srcnn_learned", D)):
+    for name, degrade in (("srcnn_bicubic", lambda x, _: bicubic_down_torch(x, sr.scale)),
+                          ("srcnn_learned", D.sample)):
         if need(name):
             D.eval()
             results[name] = run_stage(srcnn_stage(cfg, name, cnns[name], g_images, degrade),

@@ -244,7 +244,9 @@ def srnam_notes(runs: list[Run]) -> str:
             f"learned D {learned} dB (at its Gaussian start {f.get('degradation/d_psnr_start')}"
             f" dB), bicubic {bicubic} dB; spread (std, px) of D's blur "
             f"{f.get('degradation/kernel_std')} against the camera's mean kernel "
-            f"{f.get('degradation/camera_kernel_std')}. G's best latent fit of held-out "
+            f"{f.get('degradation/camera_kernel_std')}; D's noise level (blind estimate, "
+            f"of 255) {f.get('degradation/noise_std')} against the camera's mean "
+            f"{f.get('degradation/camera_noise_std')}. G's best latent fit of held-out "
             f"HR patches: {f.get('generator/fit_psnr')} dB.\n" + _srnam_settings(runs[0]))
 
 

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tdx.superres.images import Degradation, ImageError, bicubic_down_torch, load_rgb, resize
+from tdx.superres.images import (
+    Degradation,
+    ImageError,
+    bicubic_down_torch,
+    load_rgb,
+    noise_level,
+    resize,
+)
 from tdx.superres.metrics import psnr, ssim
 from tdx.superres.nets import Degradation as DegradationNet
 from tdx.superres.nets import Generator
@@ -69,12 +76,47 @@ def test_degradation_net_shapes(scale):
         assert (k >= 0).all() and abs(float(k.sum()) - 1) < 1e-5
 
 
+def test_blind_noise_level_and_noisy_samples_of_d():
+    """The estimate finds the std of white noise on a smooth image, and more of it on a
+    noisier one; D's forward is the noise-free mean, `sample` adds noise of its level."""
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0.2, 0.8, 96).expand(3, 96, 96)
+    for std in (0.01, 0.03):
+        noisy = ramp + std * torch.randn(3, 96, 96, generator=g)
+        assert noise_level(noisy) == pytest.approx(std, rel=0.1)
+    D = DegradationNet(4)
+    D.noise_std.fill_(0.02)
+    hr = torch.rand(2, 3, 64, 64, generator=g)
+    draw = D.sample(hr, torch.Generator().manual_seed(1))
+    assert float((draw - D(hr)).detach().std()) == pytest.approx(0.02, rel=0.1)
+    torch.testing.assert_close(draw, D.sample(hr, torch.Generator().manual_seed(1)))
+    # the level is saved with D; a checkpoint from before it existed loads as noise-free
+    state = D.state_dict()
+    assert float(state.pop("noise_std")) == pytest.approx(0.02)
+    old = DegradationNet(4)
+    old.noise_std.fill_(0.5)
+    old.load_state_dict(state)
+    assert float(old.noise_std) == 0.0
+
+
 def test_hidden_degradation_is_repeatable_and_x4():
     hr = torch.rand(3, 64, 48)
     cam = Degradation(seed=3)
     a, b = cam(hr, 7), cam(hr, 7)
     assert a.shape == (3, 16, 12) and torch.equal(a, b)
     assert not torch.equal(a, cam(hr, 8))
+
+
+def test_hidden_degradation_is_aligned_with_the_bicubic_lr():
+    """On a ramp, the camera's LR (noise off, mean over random blurs) matches bicubic
+    down-scaling: its pixels are centred where the provided LR's are. Half an HR pixel
+    off would differ by half the slope, 1.6 of 255 here."""
+    ramp = torch.linspace(0.1, 0.9, 64)
+    cam = Degradation(noise=(0.0, 0.0), jpeg=(95, 95))
+    for img in (ramp.expand(3, 64, 64), ramp[:, None].expand(3, 64, 64)):
+        lr = torch.stack([cam(img.contiguous(), i) for i in range(8)]).mean(0)
+        ref = bicubic_down_torch(img[None], 4)[0]
+        assert abs(float((lr - ref)[:, 2:-2, 2:-2].mean())) < 0.3 / 255
 
 
 def test_latent_fitting_lowers_the_consistency_error():
@@ -131,6 +173,7 @@ def test_every_stage_runs_two_updates(tmp_path):
             assert f"Set5/{kind}/{m}_psnr" in f and f"Set5/{kind}/{m}_sec" in f
         assert f[f"Set5/{kind}/srnam_learned_diversity"] > 0
     assert (run / "srnam_grid.png").exists() and list((run / "samples").glob("*.png"))
+    assert 0 < f["degradation/noise_std"] < 255 and f["degradation/camera_noise_std"] > 0
     # a later evaluation reuses the trained stages instead of training them again
     proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
                "paths.runs_dir=again", cwd=tmp_path, timeout=600)
