@@ -464,11 +464,15 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         for st in STAGES:
             if any(dep in retrain for dep, users in USERS.items() if st in users):
                 retrain.add(st)
+        reused = []
         for st in STAGES:
             src = Path(sr.init_from) / "checkpoints" / f"{st}.pt"
             dst = run_dir.ckpt_dir / f"{st}.pt"
-            if st not in retrain and src.exists() and not dst.exists():
-                shutil.copyfile(src, dst)
+            if st not in retrain and src.exists():
+                reused.append(st)
+                if not dst.exists():
+                    shutil.copyfile(src, dst)
+        run_dir.update(reused_stages=reused)  # for the report
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
     D = DegradationNet(sr.scale, residual=sr.degradation.residual,

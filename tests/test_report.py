@@ -116,14 +116,15 @@ def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
     run.start(1, "srnam")
     final = {f"Set5/{kind}/{m}_{x}": 20.0 for kind in ("bicubic", "realistic")
              for m in ("bicubic", "srnam_learned") for x in ("psnr", "ssim", "sec")}
-    run.finish("completed", final=final)
+    run.finish("completed", final=final, reused_stages=["generator"])
     out = tmp_path / "srnam.md"
     report([run.path], preset="srnam", out=out)
     text = out.read_text()
     assert "| SR-NAM, learned D | 20.00 / 20.0000 | 20.00 / 20.0000 |" in text
     assert "the first 5 images of each set, x4, K=4 candidates, 20 latent steps" in text
     commit = json.loads((src.path / "summary.json").read_text())["git_commit"]
-    assert f"loaded from `trained` (trained at commit {commit})" in text
+    assert (f"Stage(s) generator loaded from `trained` (trained at commit {commit}); the "
+            "others trained in this run.") in text
 
 
 def test_zskd_targets_from_hand_numbers():

@@ -187,8 +187,11 @@ def test_every_stage_runs_two_updates(tmp_path):
     out = proc.stdout + proc.stderr
     assert "stage generator: already trained" in out
     assert "stage degradation: already trained" not in out
-    again = summary(only_run(tmp_path / "ablate"))["final"]
-    assert again["degradation/d_psnr_start"] != f["degradation/d_psnr_start"]
+    again = summary(only_run(tmp_path / "ablate"))
+    assert again["reused_stages"] == ["generator", "srcnn_bicubic"]  # not built on D
+    assert again["final"]["degradation/d_psnr_start"] != f["degradation/d_psnr_start"]
+    assert summary(only_run(tmp_path / "again"))["reused_stages"] == [
+        "generator", "degradation", "srcnn_bicubic", "srcnn_learned"]
 
 
 def _t91_with(tmp_path: Path, name: str, write) -> Path:  # noqa: ANN001
