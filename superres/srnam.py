@@ -215,7 +215,7 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
                 "contrast": con.item()}
 
     start = degradation_fidelity(D, eval_images, targets, cfg.srnam.scale)["d_psnr_learned"]
-    camera_spread = kernel_spread(camera.mean_kernel())
+    camera_spread, camera_noise = kernel_spread(camera.mean_kernel()), camera.mean_noise()
 
     def evaluate(i: int) -> dict[str, float]:
         """Fidelity of D now, of D at its start (the Gaussian it is initialised as) and of
@@ -225,7 +225,7 @@ def degradation_stage(cfg: DictConfig, G: Generator, D: DegradationNet, lr_patch
                 "d_psnr_start": start, "kernel_std": kernel_spread(D.blur_kernel()),
                 "camera_kernel_std": camera_spread,
                 "noise_std": round(float(D.noise_std) * 255, 3),
-                "camera_noise_std": round(camera.mean_noise(), 3)}
+                "camera_noise_std": round(camera_noise, 3)}
 
     return Stage("degradation", s.steps, step, {"D": D, "Z": Z, "opt": opt}, evaluate,
                  units=s.batch, unit_name="patches")

@@ -260,11 +260,11 @@ def _srnam_settings(run: Run) -> str:
             f"steps per candidate, LR patch stride {inf.get('stride')}.")
     if src := sr.get("init_from"):
         commit = read_json(Path(src) / "summary.json").get("git_commit")  # {} if absent
+        at = f" (trained at commit {commit})" if commit else ""
         reused = run.summary.get("reused_stages")  # None: a run from before it was recorded
-        what = (f"Stage(s) {', '.join(reused)} loaded" if reused is not None
-                else "Trained models loaded")
-        text += (f" {what} from `{src}`" + (f" (trained at commit {commit})" if commit else "")
-                 + ("; the others trained in this run." if reused is not None else "."))
+        text += (f" Trained models loaded from `{src}`{at}." if reused is None else
+                 f" Stage(s) {', '.join(reused)} loaded from `{src}`{at}; the others "
+                 "trained in this run.")
     return text + "\n"
 
 
