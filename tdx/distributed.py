@@ -18,7 +18,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,42 +161,94 @@ def threads_per_rank(local_ranks: int) -> int:
     return max(1, (os.cpu_count() or 1) // local_ranks)
 
 
-def launch(worker: Any, args: tuple, nprocs: int, poll_s: float = 0.5) -> str | None:
-    """Run worker(local_rank, *args) in `nprocs` spawned processes and wait. If one dies
-    (non-zero exit or a signal), the others are killed at once and the reason returned;
-    None if all ended normally. SIGTERM/SIGINT here are passed on to the ranks."""
+def _rank_main(local_rank: int, worker: Any, done: Any, *args: Any) -> None:
+    """A spawned rank: run worker(local_rank, *args), mark its work done, leave the group
+    and exit at once. A rank's work is finished (and rank 0's run folder written) before
+    it leaves, so the interpreter's teardown - where gloo's threads have been seen to abort
+    a finished rank ('terminate called without an active exception') - is skipped."""
+    try:
+        worker(local_rank, *args)
+        done[local_rank] = 1
+    finally:
+        shutdown()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _why(ctx: Any, index: int) -> str:
+    """How local rank `index` ended: a signal, an exception (its traceback is logged) or
+    an exit code."""
+    code = ctx.processes[index].exitcode
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    error_file = ctx.error_files[index]
+    if os.access(error_file, os.R_OK):
+        with open(error_file, "rb") as fh:
+            trace = pickle.load(fh)
+        log.error("local rank %d failed:\n%s", index, trace)
+        return "raised: " + trace.strip().splitlines()[-1]
+    return f"exited with code {code}"
+
+
+def _stop(processes: list[Any], grace_s: float) -> None:
+    """SIGTERM the live ranks (they save and stop), then SIGKILL any left after grace_s."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    end = time.monotonic() + grace_s
+    for p in processes:
+        p.join(max(0.0, end - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+        p.join()
+
+
+def launch(worker: Any, args: tuple, nprocs: int, poll_s: float = 0.5,
+           grace_s: float = 30.0) -> str | None:
+    """Run worker(local_rank, *args) in `nprocs` spawned processes and wait. If a rank dies
+    (non-zero exit or a signal) before its work is done, the others are stopped at once
+    and the reason returned; None if all finished their work. A rank that dies while
+    exiting after its work is done only earns a warning. SIGTERM/SIGINT here are passed
+    on to the ranks."""
+    import multiprocessing.connection
+
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(worker, args=args, nprocs=nprocs, join=False,
-                             start_method="spawn")
-    forwarded = {"sig": None}
+    done = mp.get_context("spawn").RawArray("b", nprocs)  # set by each rank when finished
+    ctx = mp.start_processes(_rank_main, args=(worker, done, *args), nprocs=nprocs,
+                             join=False, start_method="spawn")
+    processes = ctx.processes
 
     def forward(signum: int, _frame: Any) -> None:
-        forwarded["sig"] = signum
-        for p in ctx.processes:
+        for p in processes:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
-            try:
-                if ctx.join(timeout=poll_s):
-                    return None
-            except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
-                rank = getattr(e, "error_index", "?")
-                if isinstance(e, mp.ProcessExitedException) and e.signal_name:
-                    why = f"was killed by {e.signal_name}"
-                elif isinstance(e, mp.ProcessExitedException):
-                    why = f"exited with code {e.exit_code}"
-                else:
-                    why = "raised: " + str(e).strip().splitlines()[-1]
-                    log.error("local rank %s failed:\n%s", rank, e)  # its traceback
-                time.sleep(0.1)
-                for p in ctx.processes:  # join() killed them already; make sure
-                    if p.is_alive():
-                        p.kill()
-                return f"local rank {rank} {why}; the other ranks were stopped"
+            live = [p.sentinel for p in processes if p.exitcode is None]
+            if live:
+                multiprocessing.connection.wait(live, timeout=poll_s)
+            codes = [p.exitcode for p in processes]
+            dead = [i for i, c in enumerate(codes) if c not in (None, 0) and not done[i]]
+            if dead:
+                why = _why(ctx, dead[0])
+                _stop(processes, grace_s)
+                return f"local rank {dead[0]} {why}; the other ranks were stopped"
+            if all(c is not None for c in codes):
+                for i, c in enumerate(codes):
+                    if c:
+                        log.warning("local rank %d %s while exiting, after its work was "
+                                    "done; the run is complete", i, _why(ctx, i))
+                return None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

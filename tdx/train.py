@@ -136,6 +136,7 @@ def rank_worker(local_rank: int, cfg_dict: dict, run_path: str, init_method: str
 
     import torch
 
+    faulthandler.enable(all_threads=True)  # a rank that crashes (SIGABRT...) prints its stacks
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is stuck
     cfg = OmegaConf.create(cfg_dict)
     d = cfg.distributed
@@ -156,11 +157,9 @@ def rank_worker(local_rank: int, cfg_dict: dict, run_path: str, init_method: str
     try:
         with catch_stop_signals() as stop:
             engine(cfg.engine)(cfg, run, stop)
-    except BaseException as e:
+    except BaseException as e:  # distributed.launch leaves the group and reports it
         run.finish("failed", error=f"rank {rank}: {type(e).__name__}: {e}")
         raise
-    finally:
-        distributed.shutdown()
 
 
 def _hydra_main(argv: list[str]) -> None:

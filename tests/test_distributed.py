@@ -198,3 +198,35 @@ def test_a_rank_stops_only_when_every_rank_agrees(tmp_path, monkeypatch):
         loop.run_stage(stage, cfg, RunDir(tmp_path), stop)
     assert done == [0, 1, 2, 3, 4]
     assert (tmp_path / "checkpoints" / "s_last.pt").exists()
+
+
+def _toy_rank(local_rank: int, mode: str) -> None:
+    """A rank for `distributed.launch`: rank 1 crashes the way `mode` says."""
+    import resource
+
+    from tdx import distributed
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGABRT leaves no core file
+    if local_rank == 0:
+        time.sleep(60 if mode == "abort_at_work" else 1)  # stopped early if rank 1 died
+    elif mode == "abort_on_exit":  # gloo aborting a rank as it leaves, after its work
+        distributed.shutdown = lambda: os.kill(os.getpid(), signal.SIGABRT)
+    elif mode == "abort_at_work":
+        os.kill(os.getpid(), signal.SIGABRT)
+    elif mode == "raise":
+        raise ValueError("bad shard")
+
+
+@pytest.mark.parametrize("mode,error", [
+    ("abort_on_exit", None),
+    ("abort_at_work", "local rank 1 was killed by SIGABRT; the other ranks were stopped"),
+    ("raise", "local rank 1 raised: ValueError: bad shard; the other ranks were stopped")])
+def test_launch_fails_a_job_only_for_a_rank_that_died_before_its_work_was_done(
+        mode, error, caplog):
+    from tdx import distributed
+
+    t0 = time.time()
+    assert distributed.launch(_toy_rank, (mode,), 2, grace_s=5) == error
+    assert time.time() - t0 < 40  # rank 0 did not sleep on
+    if mode == "abort_on_exit":
+        assert "local rank 1 was killed by SIGABRT while exiting" in caplog.text
