@@ -69,10 +69,9 @@ def init_from_env(backend: str, timeout_s: float) -> None:
 
 
 def shutdown() -> None:
-    global WORLD
+    """Leave the process group (WORLD still says which rank this process was)."""
     if dist.is_initialized():
         dist.destroy_process_group()
-    WORLD = World()
 
 
 # ------------------------------------------------------------- for recipes

@@ -234,6 +234,7 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
     finally:
         if distributed.under_torchrun():
             distributed.barrier()  # rank 0 has written the summary before anyone reports
+            distributed.shutdown()  # left before exit: gloo's threads outliving it can abort
     if multirun:
         return sorted((p.parent for p in folders[0].glob("*/summary.json")),
                       key=lambda p: int(p.name) if p.name.isdigit() else p.name)
