@@ -9,8 +9,9 @@ torchrun made is a rank, taken from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR
 The fairseq engine hands the ranks to fairseq's own data-parallel Trainer (which shards
 the batches and all-reduces gradients); plain-PyTorch recipes use `wrap` (DDP) and
 `shard` (this rank's slice of a batch every rank draws alike). Only rank 0 writes the run
-folder. If a rank dies, the launcher stops the others at once and the run is `failed`;
-a rank stuck in a collective gives up after `distributed.timeout_s`.
+folder. If a rank dies before its work is done, the launcher stops the others at once
+and the run is `failed` (one dying as it exits, its work done, is only warned about); a
+rank stuck in a collective gives up after `distributed.timeout_s`.
 """
 
 from __future__ import annotations
