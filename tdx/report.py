@@ -206,7 +206,9 @@ def _group(runs: list[Run], key: Callable[[Run], Any]) -> list[list[Run]]:
 
 SR_METHODS = {"bicubic": "Bicubic", "srcnn_bicubic": "CNN (bicubic pairs)",
               "srcnn_learned": "CNN (learned-D pairs)", "srnam_bicubic": "SR-NAM, bicubic D",
-              "srnam_learned": "SR-NAM, learned D"}
+              "srnam_learned": "SR-NAM, learned D",
+              "srnam_bicubic_bp": "SR-NAM, bicubic D + back-projection",
+              "srnam_learned_bp": "SR-NAM, learned D + back-projection"}
 
 
 def srnam_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
@@ -225,6 +227,8 @@ def srnam_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
     rows = []
     for m, label in SR_METHODS.items():
+        if not any(k.endswith(f"/{m}_psnr") for f in finals for k in f):
+            continue  # e.g. back-projection rows of a run from before they existed
         row = [label] + [f"{cell(f'{s}/{k}/{m}_psnr', 2)} / {cell(f'{s}/{k}/{m}_ssim', 4)}"
                          for s in sets for k in kinds]
         row += [" / ".join(cell(f"{s}/realistic/{m}_{x}", 2) for s in sets)

@@ -121,6 +121,7 @@ def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
     report([run.path], preset="srnam", out=out)
     text = out.read_text()
     assert "| SR-NAM, learned D | 20.00 / 20.0000 | 20.00 / 20.0000 |" in text
+    assert "CNN" not in text and "back-projection" not in text  # methods the run lacks
     assert "the first 5 images of each set, x4, K=4 candidates, 20 latent steps" in text
     commit = json.loads((src.path / "summary.json").read_text())["git_commit"]
     assert (f"Stage(s) generator loaded from `trained` (trained at commit {commit}); the "

@@ -25,7 +25,13 @@ from tdx.superres.images import (
 from tdx.superres.metrics import psnr, ssim
 from tdx.superres.nets import Degradation as DegradationNet
 from tdx.superres.nets import Generator
-from tdx.superres.srnam import contrast_l1, fit_codes, kernel_spread, laplacian_l1
+from tdx.superres.srnam import (
+    back_project,
+    contrast_l1,
+    fit_codes,
+    kernel_spread,
+    laplacian_l1,
+)
 
 from .conftest import TDX, only_run, summary, tdx, wait_for_lines
 
@@ -136,6 +142,27 @@ def test_latent_fitting_lowers_the_consistency_error():
     assert all(p.requires_grad for p in G.parameters())  # G's flags are given back
 
 
+def test_back_projection_makes_candidates_consistent_and_keeps_their_detail():
+    """Two candidates of one LR image, each off in colour (what the LR shows) and with its
+    own fine texture (what it cannot show): back-projection removes the colour error and
+    keeps the candidates apart."""
+    torch.manual_seed(0)
+    hr = F.interpolate(torch.rand(1, 3, 8, 8), size=64, mode="bicubic").clamp(0, 1)[0]
+    degrade = lambda x: bicubic_down_torch(x, 4)  # noqa: E731
+    lr = degrade(hr[None])[0]
+    texture = lambda: 0.05 * torch.randn(3, 64, 64)  # noqa: E731
+    cands = [(hr + 0.15 * torch.tensor([1.0, -1.0, 0.5])[:, None, None] + texture()).clamp(0, 1)
+             for _ in range(2)]
+    after = [back_project(c, lr, degrade, steps=20, scale=4) for c in cands]
+    error = lambda x: float((degrade(x[None])[0] - lr).abs().mean())  # noqa: E731
+    for c, a in zip(cands, after, strict=True):
+        assert error(a) < 0.1 * error(c)
+        assert (a - hr).mean((1, 2)).abs().max() < 0.1 * (c - hr).mean((1, 2)).abs().max()
+        assert psnr(a, hr) > psnr(c, hr) + 3
+    assert (after[0] - after[1]).abs().mean() > 0.5 * (cands[0] - cands[1]).abs().mean()
+    assert torch.equal(back_project(cands[0], lr, degrade, steps=0, scale=4), cands[0])
+
+
 def test_contrast_term_does_not_reward_a_blurrier_output():
     """With an output that cannot match its target (independent textures of the same
     statistics), the pixel distances prefer a blurred output; the band-contrast term
@@ -169,9 +196,12 @@ def test_every_stage_runs_two_updates(tmp_path):
     f = s["final"]
     for kind in ("bicubic", "realistic"):
         for m in ("bicubic", "srcnn_bicubic", "srcnn_learned", "srnam_learned",
-                  "srnam_bicubic"):
+                  "srnam_bicubic", "srnam_learned_bp", "srnam_bicubic_bp"):
             assert f"Set5/{kind}/{m}_psnr" in f and f"Set5/{kind}/{m}_sec" in f
         assert f[f"Set5/{kind}/srnam_learned_diversity"] > 0
+        for d in ("learned", "bicubic"):  # back-projected candidates: more consistent
+            assert f[f"Set5/{kind}/srnam_{d}_bp_consistency"] < \
+                f[f"Set5/{kind}/srnam_{d}_consistency"]
     assert (run / "srnam_grid.png").exists() and list((run / "samples").glob("*.png"))
     assert 0 < f["degradation/noise_std"] < 255 and f["degradation/camera_noise_std"] > 0
     # a later evaluation reuses the trained stages instead of training them again
