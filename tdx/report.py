@@ -25,6 +25,9 @@ from tdx.config import UsageError
 from tdx.run import describe_machine, git_commit, machine_info, read_json, read_metrics
 
 IGNORED_OVERRIDES = ("hydra.", "hydra/", "experiment=", "resume=", "paths.")
+# config keys added after some runs were recorded: a run without the key ran as if it had
+# this value, so both kinds of run land in one table row
+ADDED_CONFIG_KEYS = {"seq_kd_beam": 0}
 
 
 @dataclass
@@ -39,7 +42,8 @@ class Run:
         """'params', 'final.bleu_beam5', 'config.model.meta.label', 'override.model'."""
         head, _, rest = dotted.partition(".")
         if head == "config":
-            return OmegaConf.select(OmegaConf.create(self.config), rest, default=None)
+            return OmegaConf.select(OmegaConf.create(self.config), rest,
+                                    default=ADDED_CONFIG_KEYS.get(rest))
         if head == "override":
             return self.overrides.get(rest)
         node: Any = self.summary
@@ -459,7 +463,7 @@ def embed_notes(runs: list[Run]) -> str:
     for r in runs:
         m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
             r.get("final.bleu_beam5")
-        per = bleu.setdefault(r.get("config.seq_kd_beam") or 0, {})
+        per = bleu.setdefault(r.get("config.seq_kd_beam"), {})
         if isinstance(rate, int | float) and isinstance(b, int | float):
             per.setdefault((str(m), float(rate)), []).append(b)
     for beam, per in sorted(bleu.items()):

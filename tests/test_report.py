@@ -152,11 +152,15 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     teacher = RunDir(tmp_path / "teacher")
     teacher.start(1, "talk-mt")
     teacher.finish("completed", step=1500)
-    for i, (method, b, beam) in enumerate([("svd", 20.0, 0), ("distilled", 19.5, 0),
-                                           ("distilled", 20.5, 5)]):
+    # the last run predates `seq_kd_beam` (its config lacks the key): it trained on the
+    # references, so it is the svd row's second seed, not a row of its own
+    for i, (method, b, beam, seed) in enumerate([
+            ("svd", 20.0, 0, 1), ("distilled", 19.5, 0, 1), ("distilled", 20.5, 5, 1),
+            ("svd", 21.0, None, 2)]):
         run = RunDir(tmp_path / "sweep" / str(i))
-        run.write_config({"name": "embed", "seed": 1, "teacher": "teacher",
-                          "seq_kd_beam": beam, "trainer": {"max_update": 150},
+        run.write_config({"name": "embed", "seed": seed, "teacher": "teacher",
+                          **({} if beam is None else {"seq_kd_beam": beam}),
+                          "trainer": {"max_update": 150},
                           "optim": {"kd_weight": 0.5, "kd_temperature": 1.0,
                                     "embed_mse_weight": 1.0}},
                          ["experiment=embed", f"model.embed_method={method}"])
@@ -171,14 +175,16 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     assert ("Teacher: `teacher`, 1500 updates, test BLEU (beam 5) 21.0. Fine-tuning: 150 "
             "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
             in text)
-    assert "embedding MSE to the teacher's vectors; seed 1.\n" in text
+    assert "embedding MSE to the teacher's vectors; seeds 1, 2.\n" in text
     assert ("embedding MSE to the teacher's vectors, on the teacher's beam-5 translations of "
             "the training sources (sequence-level KD); seed 1.\n" in text)
     assert "| distilled | 8x |" in text and "| distilled + seq-KD (beam 5) | 8x |" in text
+    svd = [line for line in text.splitlines() if line.startswith("| svd ")]
+    assert len(svd) == 1 and svd[0].endswith("| 2 |")  # one row, two seeds
     # one block of targets per kind of training target, never pooled
     refs, seq = text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:]
     assert refs.startswith("reference targets:") and seq.startswith("sequence-level KD")
-    assert ("- Distilled - SVD >= 0 at every rate: MISSED (8x -0.50); not run: 4x, 16x, 32x"
+    assert ("- Distilled - SVD >= 0 at every rate: MISSED (8x -1.00); not run: 4x, 16x, 32x"
             in refs)
     assert "- Distilled - SVD >= +1 at 16x and 32x: not run" in refs
     assert "uncompressed teacher (21.00): MISSED (1.50 below)" in refs
