@@ -447,7 +447,7 @@ def _score_image(cfg: DictConfig, hr: Tensor, lr: Tensor, G: Generator, D: Degra
 def _grid_row(cfg: DictConfig, hr: Tensor, lr: Tensor, G: Generator, D: DegradationNet,
               gen: torch.Generator) -> Tensor:
     """One row of the figure, on a central crop: LR (nearest), bicubic, the K learned-D
-    candidates, HR."""
+    candidates, the same K back-projected onto the LR (when `infer.back_project` > 0), HR."""
     s, c = cfg.srnam.scale, cfg.srnam.eval.grid_crop
     h, w = lr.shape[1:]
     top, left = max(0, (h - c // s) // 2), max(0, (w - c // s) // 2)
@@ -456,6 +456,8 @@ def _grid_row(cfg: DictConfig, hr: Tensor, lr: Tensor, G: Generator, D: Degradat
     near = F.interpolate(lr_c[None], scale_factor=s, mode="nearest")[0]
     bic = resize(lr_c, hr_c.shape[1:])
     cands = super_resolve(lr_c, G, D, cfg, gen)
+    if steps := cfg.srnam.infer.back_project:
+        cands += [back_project(c, lr_c, D, steps, s) for c in cands]
     return torch.stack([near, bic, *cands, hr_c])
 
 

@@ -202,7 +202,9 @@ def test_every_stage_runs_two_updates(tmp_path):
         for d in ("learned", "bicubic"):  # back-projected candidates: more consistent
             assert f[f"Set5/{kind}/srnam_{d}_bp_consistency"] < \
                 f[f"Set5/{kind}/srnam_{d}_consistency"]
-    assert (run / "srnam_grid.png").exists() and list((run / "samples").glob("*.png"))
+    assert list((run / "samples").glob("*.png"))
+    # one grid row: LR, bicubic, k=2 candidates, the 2 back-projected, HR; 96-px crops
+    assert load_rgb(run / "srnam_grid.png").shape == (3, 96 + 2, 7 * (96 + 2))
     assert 0 < f["degradation/noise_std"] < 255 and f["degradation/camera_noise_std"] > 0
     # a later evaluation reuses the trained stages instead of training them again
     proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
