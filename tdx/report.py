@@ -423,9 +423,12 @@ def zskd_targets(scores: dict[str, dict[str, tuple[float, float]]]) -> list[str]
 
 
 def _zskd_budgets(runs: list[Run]) -> str:
-    """The budgets and seeds the table's runs used (one line per distinct setting)."""
+    """The budgets and seeds the table's student runs used (one line per distinct
+    setting); a teacher-only run (recipe none) is left out when students are there, since
+    its config's student settings were never used."""
     lines = set()
-    for r in runs:
+    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
+    for r in students or runs:
         z = r.get("config.zskd") or {}
         t, s, g = z.get("teacher", {}), z.get("student", {}), z.get("gumbel", {})
         lines.add(f"Budgets: teacher {t.get('steps')} updates x {t.get('batch')}; every "

@@ -258,3 +258,23 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
     mean = dict(zip(headers, rows[-1], strict=True))
     assert mean["(5b) ZS + adv. PGD"] == "74.0 (84.1%)"
     assert mean["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%) [1 of 2 tasks]"
+
+
+def test_zskd_budgets_come_from_the_student_runs(tmp_path):
+    """A teacher-only run's config carries the default student budget, which it never
+    used: the notes state only the budgets the students trained with."""
+    from tdx.report import Run, zskd_notes
+
+    def run(recipe, student_steps, final=None):
+        config = {"seed": 1, "zskd": {"teacher": {"steps": 600, "batch": 32},
+                                      "student": {"steps": student_steps, "batch": 32},
+                                      "gumbel": {"pretrain_steps": 300}}}
+        return Run(tmp_path, {"final": {"task": "sst2", "recipe": recipe, **(final or {})}},
+                   config, {})
+
+    student = {"teacher": {"acc": 88.0, "primary": 88.0}, "student": {"primary": 75.0},
+               "pct_of_teacher": 85.2}
+    notes = zskd_notes([run("none", 600), run("ood", 3000, student)])
+    assert "every student 3000 updates x 32" in notes
+    assert "every student 600 updates" not in notes
+    assert "every student 600 updates x 32" in zskd_notes([run("none", 600)])
