@@ -284,12 +284,17 @@ ZSKD_RECIPES = {"labels": "(1) task labels", "kd_task": "(2) KD, task data",
 ZSKD_SAME = ("zskd.task", "zskd.teacher_from", "zskd.recipe", "seed")  # not a variant
 
 
+def _zskd_students(runs: list[Run]) -> list[Run]:
+    """The student runs (a recipe other than `none`, the teacher only)."""
+    return [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
+
+
 def _zskd_keys(runs: list[Run]) -> dict[int, str]:
     """Each student run's column (by id; teacher-only runs have none): its recipe, or for
     a run that changed settings the others did not (an ablation such as zskd.pgd.steps=0)
     the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]', so that it never
     averages into the recipe."""
-    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
+    students = _zskd_students(runs)
     changed = {id(r): {f"{k}={v}" for k, v in r.overrides.items() if k not in ZSKD_SAME}
                for r in students}
     common = set.intersection(*changed.values()) if changed else set()
@@ -427,8 +432,7 @@ def _zskd_budgets(runs: list[Run]) -> str:
     setting); a teacher-only run (recipe none) is left out when students are there, since
     its config's student settings were never used."""
     lines = set()
-    students = [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
-    for r in students or runs:
+    for r in _zskd_students(runs) or runs:
         z = r.get("config.zskd") or {}
         t, s, g = z.get("teacher", {}), z.get("student", {}), z.get("gumbel", {})
         lines.add(f"Budgets: teacher {t.get('steps')} updates x {t.get('batch')}; every "
