@@ -162,22 +162,58 @@ PRESETS: dict[str, tuple[str, str, list[Column]]] = {
         Column("Train tok/s", _stat("rate_tok_s", digits=0)),
         Column("Updates", _first("step")),
     ]),
-    # Distilled Embedding (Lioutas et al. 2020), Table 1-style: method x compression
-    "embed": ("compression.method,compression.rate,config.seq_kd_beam",
-              "compression.rate,compression.order,config.seq_kd_beam", [
-        Column("Method", lambda g: str(g[0].get("compression.method")) + (
-            f" + seq-KD (beam {b})" if (b := g[0].get("config.seq_kd_beam")) else "")),
-        Column("Rate", lambda g: f"{g[0].get('compression.rate')}x"),
-        Column("Exact rate", _first("compression.rate_exact")),
-        Column("Rank", _first("compression.rank")),
-        Column("Embedding params", _stat("compression.embedding_params", digits=0)),
-        Column("Model params", _stat("compression.model_params", digits=0)),
-        Column("BLEU before FT (beam 5)", _stat("initial.bleu_beam5", digits=2)),
-        Column("BLEU after FT (beam 5)", _stat("final.bleu_beam5", digits=2)),
-        Column("Teacher BLEU", _stat("teacher.bleu_beam5", digits=2)),
-        Column("Seeds", lambda runs: str(len(runs))),
-    ]),
 }
+
+
+# Distilled Embedding (Lioutas et al. 2020), Table 1-style: method x compression, a row per
+# fine-tuning recipe too (`embed_table`)
+EMBED_COLUMNS = [
+    Column("Rate", lambda g: f"{g[0].get('compression.rate')}x"),
+    Column("Exact rate", _first("compression.rate_exact")),
+    Column("Rank", _first("compression.rank")),
+    Column("Embedding params", _stat("compression.embedding_params", digits=0)),
+    Column("Model params", _stat("compression.model_params", digits=0)),
+    Column("BLEU before FT (beam 5)", _stat("initial.bleu_beam5", digits=2)),
+    Column("BLEU after FT (beam 5)", _stat("final.bleu_beam5", digits=2)),
+    Column("Teacher BLEU", _stat("teacher.bleu_beam5", digits=2)),
+    Column("Seeds", lambda runs: str(len(runs))),
+]
+# fine-tuning settings besides sequence-level KD: runs that differ in one are never pooled
+# as seeds of one row, and a row names the settings its table's runs disagree on
+EMBED_RECIPE = {"config.optim.kd_weight": "word KD {}",
+                "config.optim.embed_mse_weight": "emb. MSE {}",
+                "config.optim.kd_temperature": "T = {}",
+                "config.optim.lr_scheduler": "{} LR",
+                "config.trainer.max_update": "{} updates"}
+
+
+def _embed_recipes(runs: list[Run]) -> dict[int, tuple[int, tuple[str, ...]]]:
+    """Each run's fine-tuning recipe (by id): its sequence-level KD beam (0: reference
+    targets) and the EMBED_RECIPE settings on which `runs` disagree, shown as text."""
+    shown = lambda v: f"{v:g}" if isinstance(v, int | float) else str(v)  # noqa: E731
+    varying = [k for k in EMBED_RECIPE if len({shown(r.get(k)) for r in runs}) > 1]
+    return {id(r): (r.get("config.seq_kd_beam") or 0,
+                    tuple(EMBED_RECIPE[k].format(shown(r.get(k))) for k in varying))
+            for r in runs}
+
+
+def _embed_label(recipe: tuple[int, tuple[str, ...]]) -> str:
+    """' + seq-KD (beam 5) (word KD 0, emb. MSE 0)': what follows the method's name."""
+    beam, settings = recipe
+    return (f" + seq-KD (beam {beam})" if beam else "") + (
+        f" ({', '.join(settings)})" if settings else "")
+
+
+def embed_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """A row per method, compression rate and fine-tuning recipe (mean ± std over seeds)."""
+    recipe = _embed_recipes(runs)
+    groups = sorted(
+        _group(runs, lambda r: (r.keys("compression.method,compression.rate"), recipe[id(r)])),
+        key=lambda g: (g[0].keys("compression.rate,compression.order", 0), recipe[id(g[0])],
+                       str(g[0].get("compression.method"))))
+    columns = [Column("Method", lambda g: str(g[0].get("compression.method"))
+                      + _embed_label(recipe[id(g[0])])), *EMBED_COLUMNS]
+    return [c.header for c in columns], [[c.value(g) for c in columns] for g in groups]
 
 
 def generic_table(runs: list[Run], aggregate: bool) -> tuple[list[str], list[list[str]]]:
@@ -456,7 +492,8 @@ def embed_notes(runs: list[Run]) -> str:
                 + f", test BLEU (beam 5) {r.get('teacher.bleu_beam5')}. Fine-tuning: "
                 f"{r.get('config.trainer.max_update')} updates of {1 - kd:g} cross-entropy + "
                 f"{kd:g} word-level KD (T = {o.get('kd_temperature')}) + "
-                f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors"
+                f"{o.get('embed_mse_weight')} embedding MSE to the teacher's vectors, "
+                f"{o.get('lr_scheduler', '?')} learning rate"
                 + (f", on the teacher's beam-{b} translations of the training sources "
                    "(sequence-level KD)" if (b := r.get("config.seq_kd_beam")) else ""))
         seeds.setdefault(line, set()).add(r.get("config.seed"))
@@ -464,21 +501,22 @@ def embed_notes(runs: list[Run]) -> str:
              for x, v in seeds.items()]
     notes = "".join(f"\n{x}\n" for x in sorted(lines))
     teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
-    # {seq-KD beam (0: reference targets): {(method, rate): [BLEU]}}: the targets compare
-    # like with like, one block per kind of training target
-    bleu: dict[int, dict[tuple[str, float], list[float]]] = {}
+    # {fine-tuning recipe: {(method, rate): [BLEU]}}: the targets compare like with like,
+    # one block per recipe (kind of training target, loss weights, ...)
+    recipe = _embed_recipes(runs)
+    bleu: dict[tuple[int, tuple[str, ...]], dict[tuple[str, float], list[float]]] = {}
     for r in runs:
         m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
             r.get("final.bleu_beam5")
-        per = bleu.setdefault(r.get("config.seq_kd_beam"), {})
+        per = bleu.setdefault(recipe[id(r)], {})
         if isinstance(rate, int | float) and isinstance(b, int | float):
             per.setdefault((str(m), float(rate)), []).append(b)
-    for beam, per in sorted(bleu.items()):
+    for (beam, settings), per in sorted(bleu.items()):
         targets = embed_targets({k: statistics.mean(v) for k, v in per.items()},
                                 statistics.mean(teacher) if teacher else None)
         if len(bleu) > 1:
-            targets[0] = targets[0].rstrip(":") + (
-                f", sequence-level KD (beam {beam}):" if beam else ", reference targets:")
+            title = f"sequence-level KD (beam {beam})" if beam else "reference targets"
+            targets[0] = targets[0].rstrip(":") + f", {', '.join([title, *settings])}:"
         notes += _target_notes(targets)
     return notes
 
@@ -515,7 +553,7 @@ def embed_targets(bleu: dict[tuple[str, float], float], teacher: float | None) -
 
 
 CUSTOM_TABLES: dict[str, Callable[[list[Run]], tuple[list[str], list[list[str]]]]] = {
-    "srnam": srnam_table, "zskd": zskd_table}
+    "srnam": srnam_table, "zskd": zskd_table, "embed": embed_table}
 NOTES: dict[str, Callable[[list[Run]], str]] = {"srnam": srnam_notes, "zskd": zskd_notes,
                                                 "embed": embed_notes}
 
@@ -606,20 +644,21 @@ def _save_figure(fig: Any, ax: Any, out: Path) -> None:
 
 
 def plot_embed(runs: list[Run], out: Path) -> None:
-    """BLEU after fine-tuning against embedding compression, a line per method, and the
-    uncompressed teacher as a horizontal line."""
+    """BLEU after fine-tuning against embedding compression, a line per method (and
+    fine-tuning recipe), and the uncompressed teacher as a horizontal line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [r for r in runs if r.summary.get("status") == "completed"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for g in _group(done, lambda r: r.get("compression.method")):
+    recipe = _embed_recipes(done)
+    for g in _group(done, lambda r: (r.get("compression.method"), recipe[id(r)])):
         by_rate = _group(g, lambda r: r.get("compression.rate"))
         pts = sorted((g2[0].get("compression.rate"),
                       statistics.mean(r.get("final.bleu_beam5") for r in g2)) for g2 in by_rate)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                label=str(g[0].get("compression.method")))
+                label=str(g[0].get("compression.method")) + _embed_label(recipe[id(g[0])]))
     teacher = [r.get("teacher.bleu_beam5") for r in done if r.get("teacher.bleu_beam5")]
     if teacher:
         ax.axhline(statistics.mean(teacher), color="k", ls="--", lw=1, label="uncompressed")
@@ -668,7 +707,7 @@ def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
         PLOTS[preset](runs, plot_file)
     elif plot_file:
         split, _, metric = plot_metric.partition(".")
-        plot(runs, plot_file, split, metric, PRESETS[preset][0] if preset else None)
+        plot(runs, plot_file, split, metric, PRESETS[preset][0] if preset in PRESETS else None)
     if out:
         body = text
         if fmt == "md":

@@ -51,8 +51,9 @@ def run_job(cfg: DictConfig) -> str:
     run = RunDir(hc.runtime.output_dir, writer=distributed.WORLD.master)
     share_cores(hc)
     overrides = [o for o in hc.overrides.task if not o.startswith("resume=")]
-    if not cfg.resume:
-        run.write_config(OmegaConf.to_container(cfg, resolve=True), overrides)
+    # on resume too: `launch` merged the run's own overrides with the new ones (say a
+    # longer trainer.max_update), and the folder records the config it finishes with
+    run.write_config(OmegaConf.to_container(cfg, resolve=True), overrides)
     run.start(int(cfg.seed), str(cfg.name), resumed=bool(cfg.resume),
               command=os.environ.get("TDX_COMMAND", ""))
     log.info("run folder: %s", run.path)

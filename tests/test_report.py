@@ -148,21 +148,24 @@ def test_zskd_targets_from_hand_numbers():
 
 def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     """The embed table's notes: the teacher (its updates read from its run folder), the
-    fine-tuning budget and losses, and the targets from the rows above."""
+    fine-tuning budget and losses, and the targets from the rows above, one block per
+    fine-tuning recipe; runs of different recipes are never pooled as seeds of a row."""
     teacher = RunDir(tmp_path / "teacher")
     teacher.start(1, "talk-mt")
     teacher.finish("completed", step=1500)
-    # the last run predates `seq_kd_beam` (its config lacks the key): it trained on the
-    # references, so it is the svd row's second seed, not a row of its own
-    for i, (method, b, beam, seed) in enumerate([
-            ("svd", 20.0, 0, 1), ("distilled", 19.5, 0, 1), ("distilled", 20.5, 5, 1),
-            ("svd", 21.0, None, 2)]):
+    # the 4th run predates `seq_kd_beam` (its config lacks the key): it trained on the
+    # references, so it is the svd row's second seed, not a row of its own; the last two
+    # fine-tuned with cross-entropy alone (an ablation): rows of their own
+    for i, (method, b, beam, seed, kd, mse) in enumerate([
+            ("svd", 20.0, 0, 1, 0.5, 1.0), ("distilled", 19.5, 0, 1, 0.5, 1.0),
+            ("distilled", 20.5, 5, 1, 0.5, 1.0), ("svd", 21.0, None, 2, 0.5, 1.0),
+            ("svd", 18.0, 0, 1, 0.0, 0.0), ("distilled", 18.5, 0, 1, 0.0, 0.0)]):
         run = RunDir(tmp_path / "sweep" / str(i))
         run.write_config({"name": "embed", "seed": seed, "teacher": "teacher",
                           **({} if beam is None else {"seq_kd_beam": beam}),
                           "trainer": {"max_update": 150},
-                          "optim": {"kd_weight": 0.5, "kd_temperature": 1.0,
-                                    "embed_mse_weight": 1.0}},
+                          "optim": {"kd_weight": kd, "kd_temperature": 1.0,
+                                    "embed_mse_weight": mse, "lr_scheduler": "inverse_sqrt"}},
                          ["experiment=embed", f"model.embed_method={method}"])
         run.start(1, "embed")
         run.finish("completed", final={"bleu_beam5": b}, initial={"bleu_beam5": 1.0},
@@ -175,20 +178,38 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     assert ("Teacher: `teacher`, 1500 updates, test BLEU (beam 5) 21.0. Fine-tuning: 150 "
             "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
             in text)
-    assert "embedding MSE to the teacher's vectors; seeds 1, 2.\n" in text
-    assert ("embedding MSE to the teacher's vectors, on the teacher's beam-5 translations of "
-            "the training sources (sequence-level KD); seed 1.\n" in text)
-    assert "| distilled | 8x |" in text and "| distilled + seq-KD (beam 5) | 8x |" in text
-    svd = [line for line in text.splitlines() if line.startswith("| svd ")]
-    assert len(svd) == 1 and svd[0].endswith("| 2 |")  # one row, two seeds
-    # one block of targets per kind of training target, never pooled
-    refs, seq = text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:]
-    assert refs.startswith("reference targets:") and seq.startswith("sequence-level KD")
+    assert ("embedding MSE to the teacher's vectors, inverse_sqrt learning rate; seeds 1, 2.\n"
+            in text)
+    assert ("embedding MSE to the teacher's vectors, inverse_sqrt learning rate, on the "
+            "teacher's beam-5 translations of the training sources (sequence-level KD); "
+            "seed 1.\n" in text)
+    assert "updates of 1 cross-entropy + 0 word-level KD (T = 1.0) + 0.0 embedding MSE" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
+            if line.startswith("| ") and " | 8x | " in line}
+    assert set(rows) == {"svd (word KD 0.5, emb. MSE 1)", "distilled (word KD 0.5, emb. MSE 1)",
+                         "distilled + seq-KD (beam 5) (word KD 0.5, emb. MSE 1)",
+                         "svd (word KD 0, emb. MSE 0)", "distilled (word KD 0, emb. MSE 0)"}
+    assert rows["svd (word KD 0.5, emb. MSE 1)"].endswith("| 2 |")  # one row, two seeds
+    assert "| 18.00 |" in rows["svd (word KD 0, emb. MSE 0)"]
+    # one block of targets per fine-tuning recipe, never pooled
+    blocks = text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:]
+    assert len(blocks) == 3
+    ce, refs, seq = sorted(blocks)
+    assert refs.startswith("reference targets, word KD 0.5, emb. MSE 1:")
+    assert seq.startswith("sequence-level KD (beam 5), word KD 0.5, emb. MSE 1:")
+    assert ce.startswith("reference targets, word KD 0, emb. MSE 0:")
     assert ("- Distilled - SVD >= 0 at every rate: MISSED (8x -1.00); not run: 4x, 16x, 32x"
             in refs)
     assert "- Distilled - SVD >= +1 at 16x and 32x: not run" in refs
     assert "uncompressed teacher (21.00): MISSED (1.50 below)" in refs
     assert "uncompressed teacher (21.00): met (0.50 below)" in seq and "SVD" not in seq
+    assert "- Distilled - SVD >= 0 at every rate: met (8x +0.50)" in ce
+    # without the ablation runs the table's runs agree on the losses: plain method names
+    for i in (4, 5):
+        (tmp_path / "sweep" / str(i) / "summary.json").unlink()
+    report([tmp_path / "sweep"], preset="embed", out=out)
+    text = out.read_text()
+    assert "| distilled | 8x |" in text and "| distilled + seq-KD (beam 5) | 8x |" in text
 
 
 def test_embed_targets_from_hand_numbers():

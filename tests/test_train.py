@@ -95,6 +95,26 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert lines(run) == lines(only_run(ref_dir))
 
 
+def test_resume_with_a_longer_budget_extends_the_run_and_records_it(tmp_path):
+    """A finished run resumed with `trainer.max_update` raised trains on from its last
+    checkpoint, and its config.yaml / overrides.yaml say what it finished with, the run's
+    other overrides kept."""
+    tdx("train", "copy", *TINY, "trainer.valid_every=20", f"paths.runs_dir={tmp_path}",
+        cwd=tmp_path, check=True)
+    run = only_run(tmp_path)
+    assert summary(run)["step"] == 20
+    res = tdx("train", "copy", f"resume={run}", "trainer.max_update=30", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = summary(run)
+    assert s["status"] == "completed" and s["step"] == 30 and s["resumed"] == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_update"] == 30
+    ov = yaml.safe_load((run / "overrides.yaml").read_text())
+    assert "trainer.max_update=30" in ov and "trainer.max_update=20" not in ov
+    assert "data.train_size=300" in ov and "trainer.valid_every=20" in ov
+    train = [json.loads(x)["step"] for x in lines(run) if json.loads(x)["split"] == "train"]
+    assert train == sorted(set(train)) and train[-1] == 30
+
+
 def test_sigterm_ends_a_sweep_after_the_stopped_job(tmp_path):
     """A stop signal in a sweep stops the running job (saved, `interrupted`) and starts no
     further job: a scheduler's SIGTERM means the whole command is to end."""
