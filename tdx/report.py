@@ -488,7 +488,8 @@ def embed_notes(runs: list[Run]) -> str:
         o = r.get("config.optim") or {}
         kd = o.get("kd_weight", 0)
         line = (f"Teacher: `{r.get('config.teacher')}`, {t.get('step', '?')} updates"
-                + (f" (`{t['command']}`)" if t.get("command") else "")
+                + (f" (`{'`, then `'.join([t['command'], *t.get('resume_commands', [])])}`)"
+                   if t.get("command") else "")
                 + f", test BLEU (beam 5) {r.get('teacher.bleu_beam5')}. Fine-tuning: "
                 f"{r.get('config.trainer.max_update')} updates of {1 - kd:g} cross-entropy + "
                 f"{kd:g} word-level KD (T = {o.get('kd_temperature')}) + "
@@ -594,7 +595,9 @@ def render(headers: list[str], rows: list[list[str]], fmt: str) -> str:
 def stamp(runs: list[Run], command: str) -> str:
     """Provenance: the report command, the training commands and commits of the runs."""
     commits = sorted({str(r.summary.get("git_commit", "unknown")) for r in runs})
-    train_cmds = sorted({str(r.summary.get("command")) for r in runs if r.summary.get("command")})
+    train_cmds = sorted({str(c) for r in runs for c in [r.summary.get("command"),
+                                                         *r.summary.get("resume_commands", [])]
+                         if c})
     run0 = runs[0].summary  # the machine the runs trained on; this one for old summaries
     lines = [f"- Report command: `{command}` (tdx commit {git_commit()}, "
              f"{time.strftime('%Y-%m-%d %H:%M')})",

@@ -4,7 +4,8 @@
         config.yaml      resolved config
         overrides.yaml   the command-line overrides that made it
         metrics.jsonl    one JSON object per logged step: {"step", "split", "metrics"}
-        summary.json     status, final and best metrics, wall time, seed, commit, versions, host
+        summary.json     status, final and best metrics, wall time, seed, commit, versions, host,
+                         the command (+ resume_commands)
         checkpoints/     checkpoint_last.pt (+ checkpoint_best.pt)
         train.log        the log
 
@@ -178,6 +179,8 @@ class RunDir:
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "resumed": previous.get("resumed", 0) + int(resumed),
         }
+        if resumed and command:  # the first command stays `command`; each resume is added
+            self.summary["resume_commands"] = [*previous.get("resume_commands", []), command]
         self._wall0 = self.summary["wall_time_s"]
         self.flush()
 

@@ -150,8 +150,9 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     """The embed table's notes: the teacher (its updates read from its run folder), the
     fine-tuning budget and losses, and the targets from the rows above, one block per
     fine-tuning recipe; runs of different recipes are never pooled as seeds of a row."""
-    teacher = RunDir(tmp_path / "teacher")
-    teacher.start(1, "talk-mt")
+    teacher = RunDir(tmp_path / "teacher")  # trained on by a resume with a longer budget
+    teacher.start(1, "talk-mt", command="tdx train talk-mt u=750")
+    teacher.start(1, "talk-mt", resumed=True, command="tdx train talk-mt u=1500 resume=t")
     teacher.finish("completed", step=1500)
     # the 4th run predates `seq_kd_beam` (its config lacks the key): it trained on the
     # references, so it is the svd row's second seed, not a row of its own; the last two
@@ -167,7 +168,9 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
                           "optim": {"kd_weight": kd, "kd_temperature": 1.0,
                                     "embed_mse_weight": mse, "lr_scheduler": "inverse_sqrt"}},
                          ["experiment=embed", f"model.embed_method={method}"])
-        run.start(1, "embed")
+        run.start(1, "embed", command=f"tdx train embed r={i}")
+        if i == 0:
+            run.start(1, "embed", resumed=True, command="tdx train embed r=0 resume=x")
         run.finish("completed", final={"bleu_beam5": b}, initial={"bleu_beam5": 1.0},
                    compression={"method": method, "rate": 8, "rank": 30},
                    teacher={"checkpoint": str(teacher.path / "checkpoints" / "x.pt"),
@@ -175,7 +178,8 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     out = tmp_path / "embed.md"
     report([tmp_path / "sweep"], preset="embed", out=out)
     text = out.read_text()
-    assert ("Teacher: `teacher`, 1500 updates, test BLEU (beam 5) 21.0. Fine-tuning: 150 "
+    assert ("Teacher: `teacher`, 1500 updates (`tdx train talk-mt u=750`, then `tdx train "
+            "talk-mt u=1500 resume=t`), test BLEU (beam 5) 21.0. Fine-tuning: 150 "
             "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
             in text)
     assert ("embedding MSE to the teacher's vectors, inverse_sqrt learning rate; seeds 1, 2.\n"
@@ -204,6 +208,9 @@ def test_embed_table_states_teacher_budget_and_targets(tmp_path):
     assert "uncompressed teacher (21.00): MISSED (1.50 below)" in refs
     assert "uncompressed teacher (21.00): met (0.50 below)" in seq and "SVD" not in seq
     assert "- Distilled - SVD >= 0 at every rate: met (8x +0.50)" in ce
+    assert "- Training command: `tdx train embed r=5`" in text
+    assert "- Training command: `tdx train embed r=0 resume=x`" in text  # both parts
+    assert "- Training command: `tdx train embed r=0`" in text
     # without the ablation runs the table's runs agree on the losses: plain method names
     for i in (4, 5):
         (tmp_path / "sweep" / str(i) / "summary.json").unlink()

@@ -107,6 +107,9 @@ def test_resume_with_a_longer_budget_extends_the_run_and_records_it(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     s = summary(run)
     assert s["status"] == "completed" and s["step"] == 30 and s["resumed"] == 1
+    assert s["command"].startswith("tdx train copy data.train_size=300")
+    assert len(s["resume_commands"]) == 1  # the provenance of both parts of the run
+    assert s["resume_commands"][0].endswith(f"trainer.max_update=30 resume={run}")
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_update"] == 30
     ov = yaml.safe_load((run / "overrides.yaml").read_text())
     assert "trainer.max_update=30" in ov and "trainer.max_update=20" not in ov
