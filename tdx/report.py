@@ -178,22 +178,27 @@ EMBED_COLUMNS = [
     Column("Teacher BLEU", _stat("teacher.bleu_beam5", digits=2)),
     Column("Seeds", lambda runs: str(len(runs))),
 ]
-# fine-tuning settings besides sequence-level KD: runs that differ in one are never pooled
-# as seeds of one row, and a row names the settings its table's runs disagree on
-EMBED_RECIPE = {"config.optim.kd_weight": "word KD {}",
-                "config.optim.embed_mse_weight": "emb. MSE {}",
-                "config.optim.kd_temperature": "T = {}",
-                "config.optim.lr_scheduler": "{} LR",
-                "config.trainer.max_update": "{} updates"}
+# fine-tuning settings besides sequence-level KD, and the teacher: runs that differ in one
+# are never pooled as seeds of one row, and a row names the settings its table's runs
+# disagree on (how each is shown)
+EMBED_RECIPE: dict[str, Callable[[Any], str]] = {
+    "teacher.checkpoint": lambda v: f"teacher {Path(str(v)).parent.parent.name}",
+    "config.optim.kd_weight": lambda v: f"word KD {v}",
+    "config.optim.embed_mse_weight": lambda v: f"emb. MSE {v}",
+    "config.optim.kd_temperature": lambda v: f"T = {v}",
+    "config.optim.lr_scheduler": lambda v: f"{v} LR",
+    "config.trainer.max_update": lambda v: f"{v} updates"}
 
 
 def _embed_recipes(runs: list[Run]) -> dict[int, tuple[int, tuple[str, ...]]]:
     """Each run's fine-tuning recipe (by id): its sequence-level KD beam (0: reference
     targets) and the EMBED_RECIPE settings on which `runs` disagree, shown as text."""
-    shown = lambda v: f"{v:g}" if isinstance(v, int | float) else str(v)  # noqa: E731
-    varying = [k for k in EMBED_RECIPE if len({shown(r.get(k)) for r in runs}) > 1]
-    return {id(r): (r.get("config.seq_kd_beam") or 0,
-                    tuple(EMBED_RECIPE[k].format(shown(r.get(k))) for k in varying))
+    def shown(r: Run, k: str) -> str:
+        v = r.get(k)
+        return EMBED_RECIPE[k](f"{v:g}" if isinstance(v, int | float) else v)
+
+    varying = [k for k in EMBED_RECIPE if len({shown(r, k) for r in runs}) > 1]
+    return {id(r): (r.get("config.seq_kd_beam") or 0, tuple(shown(r, k) for k in varying))
             for r in runs}
 
 
@@ -501,20 +506,23 @@ def embed_notes(runs: list[Run]) -> str:
     lines = [f"{x}; seed{'s' * (len(v) > 1)} {', '.join(map(str, sorted(v)))}."
              for x, v in seeds.items()]
     notes = "".join(f"\n{x}\n" for x in sorted(lines))
-    teacher = [t for r in runs if isinstance(t := r.get("teacher.bleu_beam5"), int | float)]
     # {fine-tuning recipe: {(method, rate): [BLEU]}}: the targets compare like with like,
-    # one block per recipe (kind of training target, loss weights, ...)
+    # one block per recipe (teacher, kind of training target, loss weights, ...)
     recipe = _embed_recipes(runs)
     bleu: dict[tuple[int, tuple[str, ...]], dict[tuple[str, float], list[float]]] = {}
+    teacher: dict[tuple[int, tuple[str, ...]], list[float]] = {}
     for r in runs:
         m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
             r.get("final.bleu_beam5")
         per = bleu.setdefault(recipe[id(r)], {})
         if isinstance(rate, int | float) and isinstance(b, int | float):
             per.setdefault((str(m), float(rate)), []).append(b)
+        if isinstance(t := r.get("teacher.bleu_beam5"), int | float):
+            teacher.setdefault(recipe[id(r)], []).append(t)
     for (beam, settings), per in sorted(bleu.items()):
+        t = teacher.get((beam, settings))
         targets = embed_targets({k: statistics.mean(v) for k, v in per.items()},
-                                statistics.mean(teacher) if teacher else None)
+                                statistics.mean(t) if t else None)
         if len(bleu) > 1:
             title = f"sequence-level KD (beam {beam})" if beam else "reference targets"
             targets[0] = targets[0].rstrip(":") + f", {', '.join([title, *settings])}:"

@@ -306,3 +306,31 @@ def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     assert "every student 3000 updates x 32" in notes
     assert "every student 600 updates" not in notes
     assert "every student 600 updates x 32" in zskd_notes([run("none", 600)])
+
+
+def test_embed_runs_of_different_teachers_never_pool(tmp_path):
+    """Fine-tuned from two teachers, the same method and rate make two rows, each named by
+    its teacher's folder, and each block of targets measures against its own teacher."""
+    for i, (method, name, b, t) in enumerate([("svd", "tA", 20.0, 21.0),
+                                              ("distilled", "tA", 19.0, 21.0),
+                                              ("distilled", "tB", 29.5, 30.0)]):
+        run = RunDir(tmp_path / "sweep" / str(i))
+        run.write_config({"name": "embed", "seed": 1, "teacher": name,
+                          "trainer": {"max_update": 150},
+                          "optim": {"kd_weight": 0.5, "kd_temperature": 1.0,
+                                    "embed_mse_weight": 1.0, "lr_scheduler": "inverse_sqrt"}},
+                         ["experiment=embed", f"model.embed_method={method}"])
+        run.start(1, "embed")
+        run.finish("completed", final={"bleu_beam5": b},
+                   compression={"method": method, "rate": 8, "rank": 30},
+                   teacher={"checkpoint": str(tmp_path / name / "checkpoints" / "avg.pt"),
+                            "bleu_beam5": t})
+    out = tmp_path / "embed.md"
+    report([tmp_path / "sweep"], preset="embed", out=out)
+    text = out.read_text()
+    assert "| distilled (teacher tA) | 8x |" in text and "| distilled (teacher tB) | 8x |" in text
+    a, b = sorted(text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:])
+    assert a.startswith("reference targets, teacher tA:")
+    assert "uncompressed teacher (21.00): MISSED (2.00 below)" in a
+    assert b.startswith("reference targets, teacher tB:")
+    assert "uncompressed teacher (30.00): met (0.50 below)" in b
