@@ -179,8 +179,11 @@ class RunDir:
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "resumed": previous.get("resumed", 0) + int(resumed),
         }
-        if resumed and command:  # the first command stays `command`; each resume is added
-            self.summary["resume_commands"] = [*previous.get("resume_commands", []), command]
+        # the first command stays `command`; each resume's is added
+        resumes = [*previous.get("resume_commands", []), *([command] if resumed and command
+                                                            else [])]
+        if resumes:
+            self.summary["resume_commands"] = resumes
         self._wall0 = self.summary["wall_time_s"]
         self.flush()
 
