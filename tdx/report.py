@@ -670,9 +670,13 @@ def plot_embed(runs: list[Run], out: Path) -> None:
                       statistics.mean(r.get("final.bleu_beam5") for r in g2)) for g2 in by_rate)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 label=str(g[0].get("compression.method")) + _embed_label(recipe[id(g[0])]))
-    teacher = [r.get("teacher.bleu_beam5") for r in done if r.get("teacher.bleu_beam5")]
-    if teacher:
-        ax.axhline(statistics.mean(teacher), color="k", ls="--", lw=1, label="uncompressed")
+    teachers = _group([r for r in done if r.get("teacher.bleu_beam5")],
+                      lambda r: r.get("teacher.checkpoint"))
+    for g in teachers:  # a line per teacher, as the rows and targets have
+        name = EMBED_RECIPE["teacher.checkpoint"](g[0].get("teacher.checkpoint"))
+        ax.axhline(statistics.mean(r.get("teacher.bleu_beam5") for r in g), color="k",
+                   ls="--", lw=1,
+                   label="uncompressed" + (f" ({name})" if len(teachers) > 1 else ""))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("embedding compression (x)")
     ax.set_ylabel("test BLEU after fine-tuning (beam 5)")

@@ -180,8 +180,8 @@ class RunDir:
             "resumed": previous.get("resumed", 0) + int(resumed),
         }
         # the first command stays `command`; each resume's is added
-        resumes = [*previous.get("resume_commands", []), *([command] if resumed and command
-                                                            else [])]
+        resumes = previous.get("resume_commands", []) + ([command] if resumed and command
+                                                          else [])
         if resumes:
             self.summary["resume_commands"] = resumes
         self._wall0 = self.summary["wall_time_s"]

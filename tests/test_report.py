@@ -326,7 +326,8 @@ def test_embed_runs_of_different_teachers_never_pool(tmp_path):
                    teacher={"checkpoint": str(tmp_path / name / "checkpoints" / "avg.pt"),
                             "bleu_beam5": t})
     out = tmp_path / "embed.md"
-    report([tmp_path / "sweep"], preset="embed", out=out)
+    report([tmp_path / "sweep"], preset="embed", out=out, plot_file=tmp_path / "embed.png")
+    assert (tmp_path / "embed.png").stat().st_size > 0  # a teacher line each
     text = out.read_text()
     assert "| distilled (teacher tA) | 8x |" in text and "| distilled (teacher tB) | 8x |" in text
     a, b = sorted(text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:])
