@@ -189,15 +189,16 @@ class Student(Encoder):
     def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
         h = self.body(x, mask, types)  # (B, L, d)
         if not self.pair:
-            return self.head(_mean(h, mask))
-        u, v = _mean(h, mask & (types == 0)), _mean(h, mask & (types == 1))  # (B, d) each
+            return self.head(mean_states(h, mask))
+        u = mean_states(h, mask & (types == 0))  # (B, d)
+        v = mean_states(h, mask & (types == 1))  # (B, d)
         return self.head(torch.cat([u, v, (u - v).abs(), u * v], -1))  # (B, 4d)
 
     def size(self) -> int:  # the embedding's fixed offsets count too
         return int(sum(p.numel() for p in self.parameters()) + self.body.words.m.numel())
 
 
-def _mean(h: Tensor, mask: Tensor) -> Tensor:
+def mean_states(h: Tensor, mask: Tensor) -> Tensor:
     """(B, L, d) states, (B, L) mask -> (B, d) mean over the masked positions (0 if none)."""
     m = mask.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1)

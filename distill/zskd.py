@@ -17,6 +17,12 @@ Stages (`tdx.loop.run_stage`, checkpointed and resumable):
    The student is scored on the task's evaluation split every `trainer.valid_every`
    updates (`student_<recipe>/valid` lines: the curve of score over training).
 
+Optional, before any task (recipe `pretrain`, stage `pretrain`): task-agnostic distillation
+of the un-fine-tuned teacher into the student's body on the out-of-domain text only (its
+token states and its mean-pooled sentence vector, see `pretrain_stage`). With
+`zskd.student.init_from=<that run>` every recipe's student starts from that body, so the
+recipes still share one student and one budget; no task input is involved.
+
 The zero-shot recipes never see task inputs: their student data come only from
 `text.ood_sentences` (which refuses files in task folders) or random word pieces, and
 `TaskData.student_examples` refuses them the task's training split.
@@ -49,6 +55,7 @@ from tdx.distill.models import (
     eval_mode,
     freeze,
     kd_targets,
+    mean_states,
     pack,
     tokenizer,
 )
@@ -248,6 +255,98 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
                  units=s.batch, unit_name="sequences")
 
 
+def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any,  # noqa: ANN401
+                   sents: list[str], pairs: list[tuple[str, str]]) -> Stage:
+    """Task-agnostic distillation of the un-fine-tuned teacher's encoder into the student's
+    body, on out-of-domain text (in the spirit of the general distillation of TinyBERT,
+    Jiao et al. 2020; not in Rashid et al.). With P a learnt d -> 384 projection, h_S and
+    h_T the student's and teacher's last token states (B, L, 384) and u = mean over real
+    tokens, the loss is
+
+        mean over real tokens ||P h_S - h_T||^2 + w (1 - cos(mean P h_S, mean h_T)),
+
+    the second term matching all-MiniLM-L6-v2's sentence vector (it is trained for
+    mean-pooled similarity). Batches alternate single sentences and the sentence pairs of
+    `text.ood_pairs` (segment ids, positions up to zskd.max_len_pair), so pair tasks start
+    from a body that has seen two-text inputs."""
+    p = cfg.zskd.pretrain
+    bert = teacher.net.bert
+    proj = torch.nn.Linear(student.body.norm.normalized_shape[0], bert.config.hidden_size)
+    params = [*student.body.parameters(), *proj.parameters()]
+    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    max_len = cfg.zskd.max_len_pair
+
+    def step(i: int) -> dict[str, float]:
+        rng = step_generator(cfg.seed, "pretrain", i)
+        student.train()
+        if i % 2 and pairs:
+            items = sample(pairs, p.batch, rng)
+            batch = encode(tok, [a for a, _ in items], [b for _, b in items], max_len)
+        else:
+            batch = encode(tok, sample(sents, p.batch, rng), None, cfg.zskd.max_len)
+        with torch.no_grad():
+            h_t = bert(input_ids=batch.ids, attention_mask=batch.mask.long(),
+                       token_type_ids=batch.types).last_hidden_state  # (B, L, 384)
+        h_s = proj(student.body(student.embed(batch.ids), batch.mask, batch.types))
+        tokens = (h_s - h_t)[batch.mask].square().mean()
+        cos = torch.nn.functional.cosine_similarity(mean_states(h_s, batch.mask),
+                                                    mean_states(h_t, batch.mask), dim=-1)
+        sentence = (1 - cos).mean()
+        loss = tokens + p.sentence_weight * sentence
+        set_lr(opt, lr_at(i, p.steps, p.lr, p.warmup))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": loss.item(), "tokens": tokens.item(), "cos": cos.mean().item()}
+
+    return Stage("pretrain", p.steps, step, {"body": student.body, "proj": proj, "opt": opt},
+                 units=p.batch, unit_name="sequences")
+
+
+def init_body(path: Path, student: Student) -> int:
+    """Load the body of a finished `pretrain` run into `student` (its position table cut
+    to the student's length); returns the pretrain's number of updates."""
+    ckpt = path / "checkpoints" / "pretrain.pt" if path.is_dir() else path
+    if not ckpt.exists():
+        raise UsageError(f"zskd.student.init_from: {ckpt} not found (a run folder of "
+                         "zskd.recipe=pretrain whose pretrain stage finished)")
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    body = dict(blob["state"]["body"])
+    body["pos.weight"] = body["pos.weight"][: student.body.max_len]
+    try:
+        student.body.load_state_dict(body)
+    except RuntimeError as e:
+        s = blob["config"]["zskd"]["student"]
+        raise UsageError(f"zskd.student.init_from: {ckpt} holds a body of dim {s['dim']}, "
+                         f"{s['layers']} layers, ffn {s['ffn']}, rank {s['rank']}; this "
+                         f"student's settings differ ({str(e).splitlines()[0]})") from None
+    return int(blob["step"])
+
+
+def run_pretrain(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+    """Recipe `pretrain`: the task-agnostic body every task's students can start from."""
+    z = cfg.zskd
+    if z.teacher_from:
+        raise UsageError("zskd.recipe=pretrain distils the un-fine-tuned teacher; drop "
+                         "zskd.teacher_from")
+    data_dir = Path(cfg.paths.data_dir)
+    articles = text.ood_sentences(list(z.ood.files), data_dir)
+    sents, pairs = text.flatten(articles), text.ood_pairs(articles, z.ood.pairs, cfg.seed)
+    tok = tokenizer()
+    teacher = freeze(Teacher(2))  # its head is unused: the encoder as pretrained
+    s = z.student
+    student = Student(tok.vocab_size, 1, s.dim, s.layers, s.heads, s.ffn, s.rank,
+                      z.max_len_pair, s.dropout, tok.pad_token_id)
+    fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
+    log.info("pretrain: %s on %d sentences and %d pairs of %s; embedding fit %s",
+             describe(student), len(sents), len(pairs), ", ".join(z.ood.files), fit)
+    result = run_stage(pretrain_stage(cfg, teacher, student, tok, sents, pairs),
+                       cfg, run_dir, stop)
+    return {"task": None, "recipe": "pretrain", "pretrain": result,
+            "body_params": sum(p.numel() for p in student.body.parameters())}
+
+
 # ---------------------------------------------------------------------------- recipe
 def load_teacher(path: Path, teacher: Teacher, task: Task) -> tuple[dict[str, Any], Any]:
     """Load a finished teacher stage; returns its scores and the eval.max_examples they
@@ -266,13 +365,15 @@ def load_teacher(path: Path, teacher: Teacher, task: Task) -> tuple[dict[str, An
 
 def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     z = cfg.zskd
-    task = get_task(str(z.task))
     recipe = str(z.recipe)
-    if recipe not in (*RECIPES, "none"):
+    if recipe not in (*RECIPES, "none", "pretrain"):
         raise UsageError(f"unknown zskd.recipe '{recipe}'; recipes: {', '.join(RECIPES)}, "
-                         "none (the teacher only)")
+                         "none (the teacher only), pretrain (task-agnostic student body)")
     if WORLD.size > 1:
         raise UsageError("zskd runs on one process (distributed.world_size=1)")
+    if recipe == "pretrain":
+        return run_pretrain(cfg, run_dir, stop)
+    task = get_task(str(z.task))
     data_dir = Path(cfg.paths.data_dir)
     data = TaskData(task, data_dir, recipe)
     eval_set = data.eval_examples(z.eval.max_examples)
@@ -297,7 +398,11 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     V = tok.vocab_size
     student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
                       inputs.max_len, s.dropout, tok.pad_token_id, task.pair and s.pair_features)
-    fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
+    if s.init_from:
+        steps = init_body(Path(str(s.init_from)), student)
+        fit = f"none: body from {s.init_from} ({steps} pretrain updates)"
+    else:
+        fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
     log.info("%s; ratio %.1fx; embedding fit %s", describe(student),
              teacher.size() / student.size(), fit)
     ood: list = []
