@@ -480,8 +480,23 @@ def _zskd_budgets(runs: list[Run]) -> str:
                   f"student {s.get('steps')} updates x {s.get('batch')} (adversarial "
                   f"recipes: + a batch of rewrites per update; Gumbel-MLM generator "
                   f"pre-trained {g.get('pretrain_steps')} updates); seed "
-                  f"{r.get('config.seed')}.")
+                  f"{r.get('config.seed')}." + _zskd_init(s.get("init_from")))
     return "".join(f"\n{x}\n" for x in sorted(lines))
+
+
+def _zskd_init(init_from: str | None) -> str:
+    """How the students' bodies started: the PCA fit of the teacher's word embedding, or
+    the task-agnostic body of a `pretrain` run (its updates and command)."""
+    if not init_from:
+        return " Student bodies start from scratch (word embedding: PCA fit of the teacher's)."
+    p = read_json(Path(init_from) / "summary.json")
+    cfg = Path(init_from) / "config.yaml"
+    pt = ((yaml.safe_load(cfg.read_text()) if cfg.exists() else None) or {}).get(
+        "zskd", {}).get("pretrain", {})
+    return (f" Every student's body starts from `{init_from}`: {pt.get('steps', '?')} "
+            f"updates x {pt.get('batch', '?')} of task-agnostic distillation of the "
+            "un-fine-tuned teacher on the out-of-domain text (recipe pretrain"
+            + (f", `{p['command']}`" if p.get("command") else "") + ").")
 
 
 def embed_notes(runs: list[Run]) -> str:

@@ -304,3 +304,41 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
     assert only_run(runs / "teacher")
+
+
+def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
+    """Recipe pretrain (task-agnostic distillation on out-of-domain text) writes a body;
+    zskd.student.init_from loads it into a task's student, position table cut to length."""
+    from tdx.distill.models import Student
+    from tdx.distill.zskd import init_body
+
+    runs = tmp_path / "runs"
+    tdx("train", "zskd", "zskd.recipe=pretrain", "zskd.pretrain.steps=3", *FAST,
+        f"hydra.run.dir={runs}/pretrain", cwd=tmp_path, check=True)
+    final = summary(runs / "pretrain")["final"]
+    assert final["recipe"] == "pretrain" and final["task"] is None
+    assert {"loss", "tokens", "cos"} <= set(final["pretrain"])
+    blob = torch.load(runs / "pretrain" / "checkpoints" / "pretrain.pt", weights_only=True)
+    body = blob["state"]["body"]
+    assert body["pos.weight"].shape == (128, 128)  # pairs' length: zskd.max_len_pair
+
+    student = Student(30522, 2, max_len=64)  # a single-sentence task's student
+    assert init_body(runs / "pretrain", student) == 3
+    for k, v in student.body.state_dict().items():
+        torch.testing.assert_close(v, body[k][:64] if k == "pos.weight" else body[k])
+    with pytest.raises(UsageError, match="dim 128, 3 layers"):
+        init_body(runs / "pretrain", Student(30522, 2, dim=64, heads=2, max_len=64))
+    with pytest.raises(UsageError, match="pretrain stage finished"):
+        init_body(tmp_path, student)
+
+    tdx("train", "zskd", "zskd.task=sst2", "zskd.recipe=labels",
+        f"zskd.student.init_from={runs}/pretrain", *FAST, f"hydra.run.dir={runs}/student",
+        cwd=tmp_path, check=True)
+    assert "primary" in summary(runs / "student")["final"]["student"]
+    tdx("report", str(runs), "--table", "zskd", "--out", str(tmp_path / "z.md"),
+        cwd=tmp_path, check=True)
+    assert f"body starts from `{runs}/pretrain`: 3 updates x 32" in (tmp_path / "z.md"
+                                                                    ).read_text()
+    bad = tdx("train", "zskd", "zskd.recipe=pretrain", f"zskd.teacher_from={runs}/student",
+              *FAST, f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
+    assert bad.returncode == 2 and "un-fine-tuned teacher" in bad.stdout + bad.stderr
