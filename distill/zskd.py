@@ -271,7 +271,7 @@ def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any
     from a body that has seen two-text inputs."""
     p = cfg.zskd.pretrain
     bert = teacher.net.bert
-    proj = torch.nn.Linear(student.body.norm.normalized_shape[0], bert.config.hidden_size)
+    proj = torch.nn.Linear(cfg.zskd.student.dim, bert.config.hidden_size)  # P
     params = [*student.body.parameters(), *proj.parameters()]
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
     max_len = cfg.zskd.max_len_pair

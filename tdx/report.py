@@ -63,22 +63,24 @@ class Run:
         return next((s for s, v in self.curve(split, metric) if v >= threshold), None)
 
 
+def load_run(d: Path) -> Run:
+    """One run folder (its files that are missing read as empty)."""
+    cfg_path, ov_path = d / "config.yaml", d / "overrides.yaml"
+    ov = yaml.safe_load(ov_path.read_text()) if ov_path.exists() else []
+    return Run(d, read_json(d / "summary.json"),
+               (yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else None) or {},
+               dict(o.split("=", 1) for o in (ov or []) if "=" in o
+                    and not o.startswith(IGNORED_OVERRIDES)),
+               read_metrics(d / "metrics.jsonl"))
+
+
 def collect(paths: list[Path]) -> list[Run]:
     runs = []
     for root in paths:
         if not Path(root).exists():
             raise UsageError(f"No such run folder: '{root}'.")
-        for summary in sorted(Path(root).rglob("summary.json")):
-            d = summary.parent
-            cfg_path = d / "config.yaml"
-            ov = yaml.safe_load((d / "overrides.yaml").read_text()) \
-                if (d / "overrides.yaml").exists() else []
-            runs.append(Run(
-                d, read_json(summary),
-                yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {},
-                dict(o.split("=", 1) for o in (ov or []) if "=" in o
-                     and not o.startswith(IGNORED_OVERRIDES)),
-                read_metrics(d / "metrics.jsonl")))
+        runs += [load_run(summary.parent)
+                 for summary in sorted(Path(root).rglob("summary.json"))]
     if not runs:
         raise UsageError(f"No run folders (with summary.json) under: "
                          f"{', '.join(map(str, paths))}.")
@@ -489,14 +491,13 @@ def _zskd_init(init_from: str | None) -> str:
     the task-agnostic body of a `pretrain` run (its updates and command)."""
     if not init_from:
         return " Student bodies start from scratch (word embedding: PCA fit of the teacher's)."
-    p = read_json(Path(init_from) / "summary.json")
-    cfg = Path(init_from) / "config.yaml"
-    pt = ((yaml.safe_load(cfg.read_text()) if cfg.exists() else None) or {}).get(
-        "zskd", {}).get("pretrain", {})
-    return (f" Every student's body starts from `{init_from}`: {pt.get('steps', '?')} "
-            f"updates x {pt.get('batch', '?')} of task-agnostic distillation of the "
-            "un-fine-tuned teacher on the out-of-domain text (recipe pretrain"
-            + (f", `{p['command']}`" if p.get("command") else "") + ").")
+    pt = load_run(Path(init_from))
+    command = pt.get("command")
+    return (f" Every student's body starts from `{init_from}`: "
+            f"{pt.get('config.zskd.pretrain.steps') or '?'} updates x "
+            f"{pt.get('config.zskd.pretrain.batch') or '?'} of task-agnostic distillation of "
+            "the un-fine-tuned teacher on the out-of-domain text (recipe pretrain"
+            + (f", `{command}`" if command else "") + ").")
 
 
 def embed_notes(runs: list[Run]) -> str:
