@@ -11,7 +11,11 @@ embedding (`embedding_matrix()`, V x e).
 - `Student`: a small post-LN Transformer encoder on the teacher's tokenizer and vocabulary
   (the adversary feeds both), classifying the mean of its real tokens' states; for a
   sentence pair, the means u, v of each text's states as [u, v, |u - v|, u * v] (the
-  pair features of InferSent, Conneau et al. 2017). Its word
+  pair features of InferSent, Conneau et al. 2017). A pair is read as one sequence
+  [CLS] a [SEP] b [SEP] (`siamese=False`, as the teacher reads it) or each text on its
+  own, [CLS] a [SEP] and [CLS] b [SEP], by the same body (`siamese=True`, the
+  bi-encoder of Sentence-BERT, Reimers & Gurevych 2019, Sec. 3); a Siamese regression
+  student may score `cosine_scale * cos(u, v)` (SBERT's regression objective). Its word
   embedding is a Distilled Embedding, ReLU(U) V + b (Lioutas et al. 2020;
   `tdx.embed.compress.LowRank`), fitted to the teacher's word embedding reduced to the
   student's width by PCA: the factorised embedding is what makes a ~30x smaller student
@@ -170,15 +174,23 @@ class Body(nn.Module):
 class Student(Encoder):
     def __init__(self, vocab: int, labels: int, dim: int = 128, layers: int = 3,
                  heads: int = 4, ffn: int = 256, rank: int = 10, max_len: int = 128,
-                 dropout: float = 0.1, pad: int = 0, pair: bool = False):
+                 dropout: float = 0.1, pad: int = 0, pair: bool = False,
+                 siamese: bool = False, cosine_scale: float | None = None):
         super().__init__()
+        if (siamese or cosine_scale) and not pair:
+            raise UsageError("a Siamese or cosine student needs a sentence-pair task with "
+                             "pair features")
+        if cosine_scale and (labels != 1 or not siamese):
+            raise UsageError("the cosine head scores a regression task (labels=1) with "
+                             "siamese=true")
         self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
         # on the mean of the real tokens' states: from scratch, a [CLS]-pooled student sat
         # at chance for 600 updates on SST-2 gold labels (49.2%); mean-pooled it reached 74.8.
         # For a pair, |u - v| and u * v put the comparison of the two texts in the head.
-        self.pair = pair
-        self.head = nn.Sequential(nn.Linear(4 * dim if pair else dim, dim), nn.Tanh(),
-                                  nn.Dropout(dropout), nn.Linear(dim, labels))
+        self.pair, self.siamese, self.cosine_scale = pair, siamese, cosine_scale
+        self.head = None if cosine_scale else nn.Sequential(
+            nn.Linear(4 * dim if pair else dim, dim), nn.Tanh(), nn.Dropout(dropout),
+            nn.Linear(dim, labels))
 
     def embedding_matrix(self) -> Tensor:
         return self.body.words.weight
@@ -187,15 +199,34 @@ class Student(Encoder):
         return self.body.words(ids)
 
     def forward_embeds(self, x: Tensor, mask: Tensor, types: Tensor) -> Tensor:
-        h = self.body(x, mask, types)  # (B, L, d)
         if not self.pair:
-            return self.head(mean_states(h, mask))
-        u = mean_states(h, mask & (types == 0))  # (B, d)
-        v = mean_states(h, mask & (types == 1))  # (B, d)
+            return self.head(mean_states(self.body(x, mask, types), mask))
+        if self.siamese:
+            u, v = (mean_states(self.body(xs, ms, torch.zeros_like(ms, dtype=torch.long)), ms)
+                    for xs, ms in split_pair(x, mask, types))  # (B, d) each
+        else:
+            h = self.body(x, mask, types)  # (B, L, d)
+            u = mean_states(h, mask & (types == 0))  # (B, d)
+            v = mean_states(h, mask & (types == 1))  # (B, d)
+        if self.cosine_scale:
+            return self.cosine_scale * nn.functional.cosine_similarity(u, v, dim=-1)[:, None]
         return self.head(torch.cat([u, v, (u - v).abs(), u * v], -1))  # (B, 4d)
 
     def size(self) -> int:  # the embedding's fixed offsets count too
         return int(sum(p.numel() for p in self.parameters()) + self.body.words.m.numel())
+
+
+def split_pair(x: Tensor, mask: Tensor, types: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The word vectors of [CLS] a [SEP] b [SEP] (B, L, e) -> those of [CLS] a [SEP] and of
+    [CLS] b [SEP], each left-aligned (positions from 0) and cut to its longest row, with
+    their masks. Differentiable in x, so soft and perturbed inputs pass through."""
+    in_a, in_b = mask & (types == 0), mask & (types == 1)  # (B, L)
+    la, lb = in_a.sum(1), in_b.sum(1)  # (B,)
+    j = torch.arange(int(lb.max()) + 1, device=x.device)  # (Lb,)
+    idx = torch.where(j == 0, 0, la[:, None] + j - 1).clamp(max=x.shape[1] - 1)  # (B, Lb)
+    xb = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Lb, e)
+    La = int(la.max())
+    return [(x[:, :La], in_a[:, :La]), (xb, j[None] <= lb[:, None])]
 
 
 def mean_states(h: Tensor, mask: Tensor) -> Tensor:

@@ -397,7 +397,8 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     s = z.student
     V = tok.vocab_size
     student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
-                      inputs.max_len, s.dropout, tok.pad_token_id, task.pair and s.pair_features)
+                      inputs.max_len, s.dropout, tok.pad_token_id, task.pair and s.pair_features,
+                      task.pair and s.siamese, task.pair and s.cosine_scale or None)
     if s.init_from:
         steps = init_body(Path(str(s.init_from)), student)
         fit = f"none: body from {s.init_from} ({steps} pretrain updates)"

@@ -190,6 +190,33 @@ def test_pair_student_compares_the_two_texts():
     torch.testing.assert_close(student(padded)[:1], student(ab))  # padding never counts
 
 
+def test_siamese_student_reads_each_text_on_its_own():
+    from tdx.distill.models import Student, pack
+
+    torch.manual_seed(0)
+    student = Student(30, labels=1, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12,
+                      dropout=0.0, pair=True, siamese=True, cosine_scale=5.0).eval()
+    assert student.head is None  # the score is 5 cos(u, v), nothing learnt on top
+    pairs = pack([[5, 6], [7, 9, 9, 3]], 1, 2, 0, [[8], [9, 10, 11]])
+
+    def alone(seqs: list[list[int]]) -> torch.Tensor:  # (B, d): [CLS] text [SEP], mean
+        b = pack(seqs, 1, 2, 0)
+        h = student.body(student.embed(b.ids), b.mask, b.types)
+        return (h * b.mask[..., None]).sum(1) / b.mask.sum(1, keepdim=True)
+
+    u, v = alone([[5, 6], [7, 9, 9, 3]]), alone([[8], [9, 10, 11]])
+    want = 5 * torch.nn.functional.cosine_similarity(u, v, dim=-1)[:, None]
+    torch.testing.assert_close(student(pairs), want)
+    x = student.embed(pairs.ids).detach().requires_grad_()  # soft / perturbed inputs
+    student.forward_embeds(x, pairs.mask, pairs.types).sum().backward()
+    assert x.grad[pairs.mask].abs().sum(-1).gt(0).all()  # every real token has a say
+    assert x.grad[~pairs.mask].abs().sum() == 0  # padding none
+    with pytest.raises(UsageError, match="regression"):
+        Student(30, labels=2, pair=True, siamese=True, cosine_scale=5.0)
+    with pytest.raises(UsageError, match="sentence-pair"):
+        Student(30, labels=1, siamese=True)
+
+
 def test_random_recipe_draws_pairs_of_random_texts_for_pair_tasks():
     from tdx.distill.models import tokenizer
     from tdx.distill.zskd import Inputs
