@@ -69,9 +69,17 @@ def load_run(d: Path) -> Run:
     ov = yaml.safe_load(ov_path.read_text()) if ov_path.exists() else []
     return Run(d, read_json(d / "summary.json"),
                (yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else None) or {},
-               dict(o.split("=", 1) for o in (ov or []) if "=" in o
+               dict(_override(o) for o in (ov or []) if "=" in o
                     and not o.startswith(IGNORED_OVERRIDES)),
                read_metrics(d / "metrics.jsonl"))
+
+
+def _override(o: str) -> tuple[str, str]:
+    """'key=value' -> (key, value), a boolean spelt as Hydra's grammar reads it: a
+    multirun job records `x=True` where a single run records the command line's `x=true`,
+    and the two must land in one table column."""
+    k, v = o.split("=", 1)
+    return k, v.lower() if v.lower() in ("true", "false") else v
 
 
 def collect(paths: list[Path]) -> list[Run]:

@@ -288,6 +288,28 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
     assert mean["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%) [1 of 2 tasks]"
 
 
+def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
+    """Hydra's multirun records `x=True` for the command line's `x=true`: one column."""
+    import yaml
+
+    from tdx.report import collect, zskd_table
+
+    for name, spelt in (("multi", "True"), ("single", "true")):
+        d = tmp_path / name
+        d.mkdir()
+        recipe = "ood" if name == "multi" else "adv_pgd"
+        (d / "summary.json").write_text(__import__("json").dumps({"final": {
+            "task": "stsb", "recipe": recipe, "teacher": {"primary": 85.0},
+            "student": {"primary": 64.0}, "pct_of_teacher": 75.3,
+            "teacher_params": 22_700_000, "student_params": 720_000, "compression": 31.5}}))
+        (d / "overrides.yaml").write_text(yaml.safe_dump(
+            ["zskd.task=stsb", f"zskd.student.siamese={spelt}", f"zskd.recipe={recipe}"]))
+    runs = collect([tmp_path])
+    assert {r.overrides["zskd.student.siamese"] for r in runs} == {"true"}
+    headers, _ = zskd_table(runs)
+    assert not any("siamese" in h for h in headers)  # a shared setting, no variant column
+
+
 def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     """A teacher-only run's config carries the default student budget, which it never
     used: the notes state only the budgets the students trained with."""
