@@ -143,6 +143,9 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
     # Every rank must make the same number of updates (DDP all-reduces in each): a stop
     # signal is acted on only through `any_rank`, never by one rank's own flag.
     stopping = any_rank(bool(stop))
+    if stage.steps == 0 and stage.evaluate and WORLD.master:  # no updates: score the start
+        result = stage.evaluate(0)
+        run.log(0, f"{stage.name}/valid", result)
     try:
         while i < stage.steps and not stopping:
             metrics = stage.step(i)

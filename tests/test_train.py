@@ -155,3 +155,22 @@ def test_every_copy_model_trains_and_decodes(tmp_path, runs, model):
     s = summary(only_run(runs))
     assert s["status"] == "completed" and s["params"] > 0
     assert 0.0 <= s["final"]["token_acc_beam2"] <= 1.0
+
+
+def test_a_stage_of_zero_updates_scores_its_start(tmp_path):
+    """`steps=0` evaluates the untrained (or pre-trained) start once and logs it at
+    update 0, so a run can measure where training begins."""
+    from omegaconf import OmegaConf
+
+    from tdx import loop
+    from tdx.run import RunDir, StopFlag
+
+    def step(i: int) -> dict[str, float]:
+        raise AssertionError("no update may run")
+
+    cfg = OmegaConf.create({"seed": 0, "trainer": {"log_every": 1, "valid_every": 1,
+                                                   "save_every": 1}})
+    stage = loop.Stage("s", 0, step, {}, lambda i: {"acc": 50.0 + i})
+    assert loop.run_stage(stage, cfg, RunDir(tmp_path), StopFlag()) == {"acc": 50.0}
+    logged = [json.loads(x) for x in lines(tmp_path)]
+    assert logged == [{"step": 0, "split": "s/valid", "metrics": {"acc": 50.0}}]
