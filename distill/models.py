@@ -178,11 +178,12 @@ class Student(Encoder):
                  siamese: bool = False, cosine_scale: float | None = None):
         super().__init__()
         if (siamese or cosine_scale) and not pair:
-            raise UsageError("a Siamese or cosine student needs a sentence-pair task with "
-                             "pair features")
+            raise UsageError("zskd.student.siamese / cosine_scale: a Siamese or cosine "
+                             "student needs a sentence-pair task (mrpc, stsb, ...) with "
+                             "zskd.student.pair_features=true")
         if cosine_scale and (labels != 1 or not siamese):
-            raise UsageError("the cosine head scores a regression task (labels=1) with "
-                             "siamese=true")
+            raise UsageError("zskd.student.cosine_scale scores a regression task (stsb) "
+                             "with zskd.student.siamese=true; set it to null otherwise")
         self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
         # on the mean of the real tokens' states: from scratch, a [CLS]-pooled student sat
         # at chance for 600 updates on SST-2 gold labels (49.2%); mean-pooled it reached 74.8.
