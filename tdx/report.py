@@ -483,14 +483,18 @@ def _zskd_budgets(runs: list[Run]) -> str:
     setting); a teacher-only run (recipe none) is left out when students are there, since
     its config's student settings were never used."""
     lines = set()
+    starts: dict[str | None, str] = {}  # init_from -> its sentence (reads that run once)
     for r in _zskd_students(runs) or runs:
         z = r.get("config.zskd") or {}
         t, s, g = z.get("teacher", {}), z.get("student", {}), z.get("gumbel", {})
+        init = s.get("init_from")
+        if init not in starts:
+            starts[init] = _zskd_init(init)
         lines.add(f"Budgets: teacher {t.get('steps')} updates x {t.get('batch')}; every "
                   f"student {s.get('steps')} updates x {s.get('batch')} (adversarial "
                   f"recipes: + a batch of rewrites per update; Gumbel-MLM generator "
                   f"pre-trained {g.get('pretrain_steps')} updates); seed "
-                  f"{r.get('config.seed')}." + _zskd_init(s.get("init_from")))
+                  f"{r.get('config.seed')}." + starts[init])
     return "".join(f"\n{x}\n" for x in sorted(lines))
 
 

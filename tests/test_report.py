@@ -290,15 +290,13 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
 
 def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
     """Hydra's multirun records `x=True` for the command line's `x=true`: one column."""
-    import yaml
-
     from tdx.report import collect, zskd_table
 
     for name, spelt in (("multi", "True"), ("single", "true")):
         d = tmp_path / name
         d.mkdir()
         recipe = "ood" if name == "multi" else "adv_pgd"
-        (d / "summary.json").write_text(__import__("json").dumps({"final": {
+        (d / "summary.json").write_text(json.dumps({"final": {
             "task": "stsb", "recipe": recipe, "teacher": {"primary": 85.0},
             "student": {"primary": 64.0}, "pct_of_teacher": 75.3,
             "teacher_params": 22_700_000, "student_params": 720_000, "compression": 31.5}}))
