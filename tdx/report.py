@@ -340,20 +340,43 @@ def _zskd_students(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.get("final.recipe") in ZSKD_RECIPES]
 
 
-def _zskd_keys(runs: list[Run]) -> dict[int, str]:
-    """Each student run's column (by id; teacher-only runs have none): its recipe, or for
-    a run that changed settings the others did not (an ablation such as zskd.pgd.steps=0)
-    the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]', so that it never
-    averages into the recipe."""
+def _zskd_settings(runs: list[Run]) -> tuple[dict[int, set[str]], dict[str, set[str]]]:
+    """Each student run's changed settings (by id), and per task the settings all of
+    that task's student runs changed (its protocol, e.g. a Siamese STS-B student)."""
     students = _zskd_students(runs)
     changed = {id(r): {f"{k}={v}" for k, v in r.overrides.items() if k not in ZSKD_SAME}
                for r in students}
-    common = set.intersection(*changed.values()) if changed else set()
-    keys = {}
+    by_task: dict[str, list[set[str]]] = {}
     for r in students:
-        own = sorted(changed[id(r)] - common)
+        by_task.setdefault(str(r.get("final.task")), []).append(changed[id(r)])
+    return changed, {t: set.intersection(*cs) for t, cs in by_task.items()}
+
+
+def _zskd_keys(runs: list[Run]) -> dict[int, str]:
+    """Each student run's column (by id; teacher-only runs have none): its recipe, or for
+    a run that changed settings the other runs of its task did not (an ablation such as
+    zskd.pgd.steps=0) the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]', so that
+    it never averages into the recipe. A setting every run of a task shares is that task's
+    protocol, not a variant (`zskd_notes` lists it)."""
+    changed, per_task = _zskd_settings(runs)
+    keys = {}
+    for r in _zskd_students(runs):
+        own = sorted(changed[id(r)] - per_task[str(r.get("final.task"))])
         keys[id(r)] = str(r.get("final.recipe")) + (f" [{', '.join(own)}]" if own else "")
     return keys
+
+
+def _zskd_task_settings(runs: list[Run]) -> str:
+    """The settings every run of one task changed and the other tasks' runs did not."""
+    _, per_task = _zskd_settings(runs)
+    if len(per_task) < 2:
+        return ""
+    common = set.intersection(*per_task.values())
+    own = {t: sorted(v - common) for t, v in sorted(per_task.items()) if v - common}
+    if not own:
+        return ""
+    return ("\nSettings of one task (every recipe in its row): "
+            + "; ".join(f"{t}: {', '.join(v)}" for t, v in own.items()) + ".\n")
 
 
 def _zskd_columns(keys: dict[int, str]) -> list[str]:
@@ -419,7 +442,8 @@ def zskd_notes(runs: list[Run]) -> str:
             "SentEval held-out file); MRPC and STS-B show the mean of their two figures (F1 "
             "and accuracy, Pearson and Spearman). ZS = zero-shot: the student never saw a "
             "task input. (x%) is the student's share of the teacher's score.\n"
-            + _zskd_budgets(runs) + _target_notes(zskd_targets(_zskd_scores(runs))))
+            + _zskd_budgets(runs) + _zskd_task_settings(runs)
+            + _target_notes(zskd_targets(_zskd_scores(runs))))
 
 
 def _target_notes(lines: list[str]) -> str:

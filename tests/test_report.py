@@ -288,6 +288,36 @@ def test_zskd_ablation_runs_get_their_own_column(tmp_path):
     assert mean["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%) [1 of 2 tasks]"
 
 
+def test_a_setting_every_run_of_a_task_shares_is_that_tasks_protocol(tmp_path):
+    """STS-B's runs all Siamese, MRPC's not: STS-B's recipes stay in the recipe columns
+    (the targets count them) and the notes name the setting; a second MRPC run that only
+    it changed is still a variant."""
+    from tdx.report import Run, _zskd_scores, zskd_notes, zskd_table, zskd_targets
+
+    def student(task, recipe, score, **extra):
+        final = {"task": task, "recipe": recipe, "teacher": {"primary": 80.0},
+                 "student": {"primary": score}, "pct_of_teacher": score / 0.8,
+                 "teacher_params": 22_700_000, "student_params": 790_000, "compression": 28.9}
+        ov = {"zskd.task": task, "zskd.recipe": recipe, "zskd.student.init_from": "/p", **extra}
+        return Run(tmp_path, {"final": final}, {}, ov)
+
+    siamese = {"zskd.student.siamese": "true"}
+    runs = [student("stsb", "ood", 64.0, **siamese), student("stsb", "adv_pgd", 66.0, **siamese),
+            student("mrpc", "ood", 72.0), student("mrpc", "adv_pgd", 70.0),
+            student("mrpc", "adv_pgd", 71.0, **{"zskd.student.balance": "true"})]
+    headers, rows = zskd_table(runs)
+    assert [h for h in headers if "[" in h] == \
+        ["(5b) ZS + adv. PGD [zskd.student.balance=true]"]
+    cells = dict(zip(headers, rows[1], strict=True))
+    assert rows[1][0] == "stsb" and cells["(5b) ZS + adv. PGD"] == "66.0 (82.5%)"
+    notes = zskd_notes(runs)
+    assert "Settings of one task (every recipe in its row): stsb: " \
+           "zskd.student.siamese=true." in notes
+    assert "init_from" not in notes.split("Settings of one task")[1].split("\n")[0]
+    assert "(5b) - (4), mean over 2 task(s): +0.00 points (target >= +1: MISSED)" in \
+        zskd_targets(_zskd_scores(runs))
+
+
 def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
     """Hydra's multirun records `x=True` for the command line's `x=true`: one column."""
     from tdx.report import collect, zskd_table
