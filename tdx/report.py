@@ -231,13 +231,23 @@ def embed_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     return [c.header for c in columns], [[c.value(g) for c in columns] for g in groups]
 
 
+def _numbers(d: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested dict's numbers ('student.acc')."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, int | float):
+            out.append(prefix + k)
+    return out
+
+
 def generic_table(runs: list[Run], aggregate: bool) -> tuple[list[str], list[list[str]]]:
     keys = sorted({k for r in runs for k in r.overrides})
     varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     if aggregate:
         varying = [k for k in varying if k != "seed"]
-    finals = sorted({k for r in runs for k, v in r.summary.get("final", {}).items()
-                     if isinstance(v, int | float)})
+    finals = sorted({k for r in runs for k in _numbers(r.summary.get("final", {}))})
     groups = _group(runs, lambda r: tuple(r.overrides.get(k) for k in varying)) \
         if aggregate else [[r] for r in runs]
     headers = ([] if aggregate else ["run"]) + varying + ["status", *finals] + \

@@ -53,6 +53,17 @@ def test_generic_table_one_row_per_run_and_aggregated(tmp_path):
     assert lstm[agg[0].index("exact_match_greedy")] == "0.2500 ± 0.0707"
 
 
+def test_generic_table_shows_nested_final_numbers(tmp_path):
+    """A summary's nested figures ({'student': {'acc': ..}}) get dotted columns."""
+    from tdx.report import Run, generic_table
+
+    runs = [Run(tmp_path, {"final": {"student": {"acc": acc, "name": "x"}, "ratio": 20.7}},
+                {}, {"zskd.student.rank": rank}) for rank, acc in (("10", 79.2), ("22", 79.7))]
+    headers, rows = generic_table(runs, aggregate=False)
+    assert headers == ["run", "zskd.student.rank", "status", "ratio", "student.acc"]
+    assert [r[-1] for r in rows] == ["79.2000", "79.7000"]
+
+
 def test_copy_preset_orders_by_attention_and_counts_updates(tmp_path):
     root = fixture_runs(tmp_path)
     md = report([root], fmt="md", preset="copy")
