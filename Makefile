@@ -102,44 +102,39 @@ table-embed-talk: install
 	$(BIN)/tdx report runs/embed/table-talk --table embed --out results/embed_talk.md
 
 # Zero-shot KD: per task, the teacher once, then the six student recipes on one budget.
-# Tasks already done (runs/zskd/<task>/students finished) are skipped, so the study can be
+# Tasks already done (<root>/<task>/students finished) are skipped, so the study can be
 # run a few tasks at a time: make table-zskd ZSKD_TASKS="sst2 mrpc".
 ZSKD_TASKS ?= sst2 mrpc stsb mr cr subj mpqa
 ZSKD_RECIPES := labels,kd_task,random,ood,adv_gumbel,adv_pgd
+# $(call zskd_study,ROOT,STUDENT ARGS,PER-TASK): PER-TASK is shell that may set $own, the
+# settings of one task's students
+define zskd_study
+for task in $(ZSKD_TASKS); do \
+  dir=$(1)/$$task; own=""; $(3) \
+  [ -f $$dir/teacher/checkpoints/teacher.pt ] || \
+    $(BIN)/tdx train zskd zskd.task=$$task zskd.recipe=none hydra.run.dir=$$dir/teacher \
+    || exit 1; \
+  [ "$$(grep -ls '"completed"' $$dir/students/*/summary.json 2>/dev/null | wc -l)" = 6 ] || \
+    $(BIN)/tdx train zskd -m zskd.task=$$task zskd.teacher_from=$$dir/teacher $(2) $$own \
+      zskd.recipe=$(ZSKD_RECIPES) hydra.sweep.dir=$$dir/students || true; \
+done
+endef
 table-zskd: install
-	for task in $(ZSKD_TASKS); do \
-	  dir=runs/zskd/$$task; \
-	  [ -f $$dir/teacher/checkpoints/teacher.pt ] || \
-	    $(BIN)/tdx train zskd zskd.task=$$task zskd.recipe=none hydra.run.dir=$$dir/teacher \
-	    || exit 1; \
-	  [ "$$(grep -ls '"completed"' $$dir/students/*/summary.json 2>/dev/null | wc -l)" = 6 ] || \
-	    $(BIN)/tdx train zskd -m zskd.task=$$task zskd.teacher_from=$$dir/teacher \
-	      zskd.recipe=$(ZSKD_RECIPES) hydra.sweep.dir=$$dir/students || true; \
-	done
+	$(call zskd_study,runs/zskd)
 	$(BIN)/tdx report runs/zskd --table zskd --out results/zskd.md --plot results/zskd.png
 
 # The same study from a task-agnostic pretrained student body (zskd.recipe=pretrain, once
 # for all tasks), with each task's own protocol: STS-B's student Siamese, scored by cosine;
 # MRPC's zero-shot loss class-balanced. -> results/zskd_init.md (its hand-written reading
 # is not rebuilt).
+ZSKD_INIT_OWN = case $$task in \
+  stsb) own="zskd.student.siamese=true zskd.student.cosine_scale=5.0";; \
+  mrpc) own="zskd.student.balance=true";; \
+  esac;
 table-zskd-init: install
 	[ -f runs/zskd-init/pretrain/checkpoints/pretrain.pt ] || \
-	  $(BIN)/tdx train zskd zskd.recipe=pretrain hydra.run.dir=runs/zskd-init/pretrain || exit 1; \
-	for task in $(ZSKD_TASKS); do \
-	  dir=runs/zskd-init/$$task; \
-	  case $$task in \
-	    stsb) own="zskd.student.siamese=true zskd.student.cosine_scale=5.0";; \
-	    mrpc) own="zskd.student.balance=true";; \
-	    *) own="";; \
-	  esac; \
-	  [ -f $$dir/teacher/checkpoints/teacher.pt ] || \
-	    $(BIN)/tdx train zskd zskd.task=$$task zskd.recipe=none hydra.run.dir=$$dir/teacher \
-	    || exit 1; \
-	  [ "$$(grep -ls '"completed"' $$dir/students/*/summary.json 2>/dev/null | wc -l)" = 6 ] || \
-	    $(BIN)/tdx train zskd -m zskd.task=$$task zskd.teacher_from=$$dir/teacher \
-	      zskd.student.init_from=runs/zskd-init/pretrain $$own \
-	      zskd.recipe=$(ZSKD_RECIPES) hydra.sweep.dir=$$dir/students || true; \
-	done
+	  $(BIN)/tdx train zskd zskd.recipe=pretrain hydra.run.dir=runs/zskd-init/pretrain
+	$(call zskd_study,runs/zskd-init,zskd.student.init_from=runs/zskd-init/pretrain,$(ZSKD_INIT_OWN))
 	$(BIN)/tdx report runs/zskd-init --table zskd --out results/zskd_init.md
 
 # SR-NAM: every stage in one run folder (about an hour on 2 CPU cores at the defaults).
