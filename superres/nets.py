@@ -4,6 +4,7 @@ its critic, the HR -> LR degradation network D, and the SRCNN-sized supervised b
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -59,25 +60,42 @@ class Critic(nn.Module):
 
 class Degradation(nn.Module):
     """HR (N, 3, H, W) -> LR (N, 3, H/s, W/s): a learned camera blur and subsampling. The
-    blur is one (4s, 4s) kernel shared by the colour channels, kept physical (non-negative,
-    summing to 1) as the softmax of its logits, applied with stride s and reflect padding;
-    it starts as a Gaussian of std `sigma` px (default s/2). `residual=True` adds a small
-    CNN at low resolution, zero at the start, for compression-like effects. `noise_std`
-    (a buffer, set from a blind estimate on the LR photos, not trained) is the camera's
-    noise level: `sample` adds it, for making training pairs; `forward` is the noise-free
-    mean, which latent fitting uses.
+    blur is one (4s, 4s) kernel shared by the colour channels, applied with stride s and
+    reflect padding, kept physical (non-negative, summing to 1) by a softmax over its
+    entries. `kernel` says what the softmax is taken of:
+
+    - "gaussian": -1/2 the squared Mahalanobis distance to a learned centre under a learned
+      covariance L L^T (L lower-triangular, log-diagonal): an anisotropic Gaussian blur, the
+      kernel model of blind SR (Zhang et al. 2018, SRMD; Gu et al. 2019, IKC), 5 parameters.
+    - "free": one logit per entry, any non-negative kernel. NAM training fits it to what G
+      can draw as well as to the camera: with stride s it grows spikes on the s-periodic
+      structure of G's up-sampled patches (results/srnam_kernel.md), which make aliased
+      training pairs.
+
+    Both start as an isotropic Gaussian of std `sigma` px (default s/2) on the centre.
+    `residual=True` adds a small CNN at low resolution, zero at the start, for
+    compression-like effects. `noise_std` (a buffer, set from a blind estimate on the LR
+    photos, not trained) is the camera's noise level: `sample` adds it, for making training
+    pairs; `forward` is the noise-free mean, which latent fitting uses.
 
     The constraint matters for NAM training: G cannot reproduce every patch exactly, and
     an unconstrained D learns to make up for G's errors (colour, contrast) instead of
     modelling the camera, which then fails on real HR images."""
 
     def __init__(self, scale: int = 4, residual: bool = False, width: int = 16,
-                 sigma: float | None = None):
+                 sigma: float | None = None, kernel: str = "gaussian"):
         super().__init__()
-        self.scale, k = scale, 4 * scale
-        r = torch.arange(k) - (k - 1) / 2
-        d2 = r[:, None] ** 2 + r[None, :] ** 2
-        self.logits = nn.Parameter(-d2 / (2 * (sigma or scale / 2) ** 2))  # (k, k)
+        self.scale, self.size, sigma = scale, 4 * scale, sigma or scale / 2
+        if kernel == "free":
+            r = torch.arange(self.size) - (self.size - 1) / 2
+            self.logits = nn.Parameter(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+        elif kernel == "gaussian":
+            self.log_diag = nn.Parameter(torch.full((2,), math.log(sigma)))  # (y, x)
+            self.off_diag = nn.Parameter(torch.zeros(()))
+            self.centre = nn.Parameter(torch.zeros(2))  # (y, x) px from the middle
+        else:
+            raise ValueError(f"unknown blur kernel '{kernel}': gaussian or free")
+        self.kernel = kernel
         self.residual = None
         if residual:
             self.residual = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
@@ -90,11 +108,22 @@ class Degradation(nn.Module):
         state.setdefault(prefix + "noise_std", torch.zeros(()))  # saved before it existed
         super()._load_from_state_dict(state, prefix, *args)
 
+    def kernel_logits(self) -> Tensor:  # (k, k)
+        if self.kernel == "free":
+            return self.logits
+        r = torch.arange(self.size, dtype=self.centre.dtype) - (self.size - 1) / 2
+        dy, dx = torch.meshgrid(r - self.centre[0], r - self.centre[1], indexing="ij")
+        ly, lx = self.log_diag.exp()
+        u = dy / ly  # L^-1 d for L = [[ly, 0], [off, lx]]
+        v = (dx - self.off_diag * u) / lx
+        return -0.5 * (u**2 + v**2)
+
     def blur_kernel(self) -> Tensor:  # (k, k), non-negative, sums to 1
-        return torch.softmax(self.logits.flatten(), 0).view_as(self.logits)
+        logits = self.kernel_logits()
+        return torch.softmax(logits.flatten(), 0).view_as(logits)
 
     def forward(self, hr: Tensor) -> Tensor:
-        s, k = self.scale, self.logits.shape[-1]
+        s, k = self.scale, self.size
         h, w = hr.shape[-2] // s * s, hr.shape[-1] // s * s
         pad = [(k - s) // 2, k - s - (k - s) // 2] * 2  # left, right, top, bottom
         x = F.pad(hr[..., :h, :w], pad, mode="reflect")

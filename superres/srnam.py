@@ -496,8 +496,11 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         run_dir.update(reused_stages=reused)  # for the report
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
-    D = DegradationNet(sr.scale, residual=sr.degradation.residual,
-                       sigma=sr.degradation.init_sigma)
+    try:
+        D = DegradationNet(sr.scale, residual=sr.degradation.residual,
+                           sigma=sr.degradation.init_sigma, kernel=sr.degradation.kernel)
+    except ValueError as e:
+        raise UsageError(f"srnam.degradation.kernel: {e}") from None
     cnns = {"srcnn_bicubic": SRCNN(), "srcnn_learned": SRCNN()}
     results: dict[str, Any] = {}
 

@@ -139,6 +139,34 @@ def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
             "others trained in this run.") in text
 
 
+def test_srnam_targets_from_hand_numbers():
+    from tdx.report import srnam_targets
+
+    f = {"degradation/d_psnr_learned": 31.5, "degradation/d_psnr_bicubic": 27.4}
+    for s, (learned, bicubic, cnn) in {"Set5": (23.0, 22.0, 0.1),
+                                       "Set14": (21.3, 21.0, -0.2)}.items():
+        f |= {f"{s}/realistic/bicubic_psnr": 25.0,
+              f"{s}/realistic/srnam_learned_psnr": learned,
+              f"{s}/realistic/srnam_bicubic_psnr": bicubic,
+              f"{s}/realistic/srcnn_bicubic_psnr": 26.0,
+              f"{s}/realistic/srcnn_learned_psnr": 26.0 + cnn,
+              f"{s}/realistic/srnam_learned_diversity": 4.0,
+              f"{s}/realistic/srnam_learned_consistency": 1.5}
+    lines = srnam_targets(f)
+    assert lines == [
+        "Targets (realistic LR):",
+        "SR-NAM, learned D - bicubic D >= +0.5 dB (best of K) on every set: MISSED "
+        "(Set5 +1.00, Set14 +0.30)",
+        "CNN on learned-D pairs above the bicubic-pairs CNN: MISSED (Set5 +0.10 dB, "
+        "Set14 -0.20 dB)",
+        "Learned D closer to the hidden camera than bicubic (PSNR of its LR against the "
+        "camera's on unseen images): met (31.5 vs 27.4 dB)",
+        "SR-NAM, learned D: diversity > 0 met (Set5 4.00, Set14 4.00), consistency "
+        "|D(candidate) - LR| of 255: Set5 1.50, Set14 1.50"]
+    f["Set14/realistic/srnam_learned_psnr"] = 21.6
+    assert "on every set: met (Set5 +1.00, Set14 +0.60)" in srnam_targets(f)[1]
+
+
 def test_zskd_targets_from_hand_numbers():
     from tdx.report import zskd_targets
 

@@ -69,13 +69,17 @@ def test_bicubic_x4_matches_the_published_figures():
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_degradation_net_shapes(scale):
-    for D in (DegradationNet(scale), DegradationNet(scale, residual=True)):
+@pytest.mark.parametrize("kernel", ["gaussian", "free"])
+def test_degradation_net_shapes(scale, kernel):
+    for D in (DegradationNet(scale, kernel=kernel),
+              DegradationNet(scale, residual=True, kernel=kernel)):
         assert D(torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12, 10)
         assert D(torch.rand(1, 3, 12 * scale + 1, 10 * scale)).shape == (1, 3, 12, 10)
-        # a normalised blur: a constant image stays constant, whatever the logits
+        # a normalised blur: a constant image stays constant, whatever the kernel's parameters
         with torch.no_grad():
-            D.logits.add_(torch.randn_like(D.logits))
+            for name, p in D.named_parameters():
+                if not name.startswith("residual"):
+                    p.add_(0.3 * torch.randn_like(p))
         torch.testing.assert_close(D(torch.full((1, 3, 8 * scale, 8 * scale), 0.3)),
                                    torch.full((1, 3, 8, 8), 0.3))
         k = D.blur_kernel().detach()
@@ -180,8 +184,34 @@ def test_kernel_spread_of_a_gaussian():
     for sigma in (1.0, 2.0):
         g = torch.exp(-(r[:, None] ** 2 + r[None] ** 2) / (2 * sigma**2))
         assert kernel_spread(g) == pytest.approx(sigma, abs=0.01)
-    # the softmax start of the learned D is the Gaussian of sigma scale / 2
-    assert kernel_spread(DegradationNet(4).blur_kernel().detach()) == pytest.approx(2.0, abs=0.05)
+    # both kinds of learned D start as the same Gaussian, of sigma scale / 2
+    free, gauss = (DegradationNet(4, kernel=k).blur_kernel().detach() for k in ("free", "gaussian"))
+    assert kernel_spread(free) == pytest.approx(2.0, abs=0.05)
+    torch.testing.assert_close(gauss, free)
+
+
+def test_gaussian_kernel_of_d_is_the_gaussian_of_its_parameters():
+    """D's Gaussian kernel is N(centre, L L^T) on its grid: set to sigmas (1.5, 2.5) rotated by
+    0.4 rad and moved by (0.5, -1) px, it equals the camera's kernel of those parameters."""
+    D = DegradationNet(4, sigma=2.0)
+    theta, sx, sy = 0.4, 1.5, 2.5
+    c, s = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    cov_xy = rot @ torch.diag(torch.tensor([sx**2, sy**2], dtype=torch.float64)) @ rot.T
+    cov = cov_xy.flip(0, 1)  # (x, y) -> D's (y, x) order
+    L = torch.linalg.cholesky(cov)
+    with torch.no_grad():
+        D.log_diag.copy_(L.diagonal().log().float())
+        D.off_diag.fill_(float(L[1, 0]))
+        D.centre.copy_(torch.tensor([0.5, -1.0]))
+    r = torch.arange(16, dtype=torch.float64) - 7.5
+    yy, xx = torch.meshgrid(r - 0.5, r + 1.0, indexing="ij")
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    ref = torch.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    torch.testing.assert_close(D.blur_kernel().detach().double(), ref / ref.sum(),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gaussian or free"):
+        DegradationNet(4, kernel="box")
 
 
 def test_every_stage_runs_two_updates(tmp_path):
