@@ -5,7 +5,7 @@ its critic, the HR -> LR degradation network D, and the SRCNN-sized supervised b
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class Degradation(nn.Module):
     modelling the camera, which then fails on real HR images."""
 
     def __init__(self, scale: int = 4, residual: bool = False, width: int = 16,
-                 sigma: float | None = None, kernel: str = "gaussian"):
+                 sigma: float | None = None, kernel: Literal["gaussian", "free"] = "gaussian"):
         super().__init__()
         self.scale, self.size, sigma = scale, 4 * scale, sigma or scale / 2
         if kernel == "free":
@@ -109,9 +109,12 @@ class Degradation(nn.Module):
         super()._load_from_state_dict(state, prefix, *args)
 
     def kernel_logits(self) -> Tensor:  # (k, k)
+        """The blur's log-weights up to a constant: the free logits, or -1/2 the squared
+        Mahalanobis distance d^T (L L^T)^-1 d = |L^-1 d|^2 of each tap to the centre."""
         if self.kernel == "free":
             return self.logits
-        r = torch.arange(self.size, dtype=self.centre.dtype) - (self.size - 1) / 2
+        r = torch.arange(self.size, dtype=self.centre.dtype, device=self.centre.device)
+        r = r - (self.size - 1) / 2
         dy, dx = torch.meshgrid(r - self.centre[0], r - self.centre[1], indexing="ij")
         ly, lx = self.log_diag.exp()
         u = dy / ly  # L^-1 d for L = [[ly, 0], [off, lx]]

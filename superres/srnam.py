@@ -57,6 +57,7 @@ from tdx.superres.nets import Degradation as DegradationNet
 
 log = logging.getLogger("tdx")
 STAGES = ("generator", "degradation", "srcnn_bicubic", "srcnn_learned", "evaluate")
+KERNELS = ("gaussian", "free")  # D's blur (nets.Degradation)
 USERS = {"generator": ("degradation", "evaluate"), "degradation": ("srcnn_learned", "evaluate"),
          "srcnn_bicubic": ("evaluate",), "srcnn_learned": ("evaluate",)}  # who needs whose model
 
@@ -474,12 +475,36 @@ def save_grid(images: Tensor, path: Path, cols: int) -> None:
 
 # ------------------------------------------------------------------------ recipe
 
+def check_degradation_checkpoint(cfg: DictConfig, ckpt_dir: Path) -> None:
+    """A D to be loaded (reused from `srnam.init_from`, or resumed) must be of the kernel
+    kind configured (a UsageError naming the key if not); one learned under another camera
+    is loaded with a warning, since its figures then measure a mismatched D."""
+    for name in ("degradation.pt", "degradation_last.pt"):
+        if not (path := ckpt_dir / name).exists():
+            continue
+        saved = torch.load(path, weights_only=True).get("config", {}).get("srnam", {})
+        kind = saved.get("degradation", {}).get("kernel", "free")  # before the option: free
+        if kind != cfg.srnam.degradation.kernel:
+            raise UsageError(f"the degradation checkpoint {path} has a {kind} blur kernel; "
+                             f"pass srnam.degradation.kernel={kind} to use it, or retrain D "
+                             "(srnam.stages=[degradation,...])")
+        if (camera := saved.get("hidden", {}).get("sigma")) != list(cfg.srnam.hidden.sigma):
+            log.warning("the degradation checkpoint %s was learned under a camera of blur "
+                        "sigmas %s, not the %s configured", path, camera,
+                        list(cfg.srnam.hidden.sigma))
+
 def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     """The `srnam` recipe: the selected stages in order; returns the evaluation."""
     sr = cfg.srnam
     unknown = [s for s in sr.stages if s not in STAGES]
     if unknown:
         raise UsageError(f"unknown SR-NAM stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    if sr.degradation.kernel not in KERNELS:
+        raise UsageError(f"srnam.degradation.kernel={sr.degradation.kernel}: use one of "
+                         f"{', '.join(KERNELS)}")
+    if sr.degradation.init_sigma is not None and not sr.degradation.init_sigma > 0:
+        raise UsageError(f"srnam.degradation.init_sigma={sr.degradation.init_sigma}: a blur "
+                         "width in pixels, > 0 (or null for scale / 2)")
     if sr.init_from:  # another run's finished stages are reused, except the selected ones
         retrain = set(sr.stages)  # and those built on a retrained model (STAGES is in order)
         for st in STAGES:
@@ -496,11 +521,9 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         run_dir.update(reused_stages=reused)  # for the report
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
-    try:
-        D = DegradationNet(sr.scale, residual=sr.degradation.residual,
-                           sigma=sr.degradation.init_sigma, kernel=sr.degradation.kernel)
-    except ValueError as e:
-        raise UsageError(f"srnam.degradation.kernel: {e}") from None
+    check_degradation_checkpoint(cfg, run_dir.ckpt_dir)
+    D = DegradationNet(sr.scale, residual=sr.degradation.residual,
+                       sigma=sr.degradation.init_sigma, kernel=sr.degradation.kernel)
     cnns = {"srcnn_bicubic": SRCNN(), "srcnn_learned": SRCNN()}
     results: dict[str, Any] = {}
 

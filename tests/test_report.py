@@ -161,10 +161,19 @@ def test_srnam_targets_from_hand_numbers():
         "Set14 -0.20 dB)",
         "Learned D closer to the hidden camera than bicubic (PSNR of its LR against the "
         "camera's on unseen images): met (31.5 vs 27.4 dB)",
-        "SR-NAM, learned D: diversity > 0 met (Set5 4.00, Set14 4.00), consistency "
-        "|D(candidate) - LR| of 255: Set5 1.50, Set14 1.50"]
+        "SR-NAM, learned D, diversity > 0: met (Set5 4.00, Set14 4.00 of 255); consistency "
+        "|D(candidate) - LR| (reported): Set5 1.50, Set14 1.50"]
     f["Set14/realistic/srnam_learned_psnr"] = 21.6
     assert "on every set: met (Set5 +1.00, Set14 +0.60)" in srnam_targets(f)[1]
+    # back-projection rows are judged on their own; a set without a figure is not a pass
+    f |= {"Set5/realistic/srnam_learned_bp_psnr": 26.0,
+          "Set5/realistic/srnam_bicubic_bp_psnr": 25.0}
+    assert srnam_targets(f)[2] == ("SR-NAM + back-projection, learned D - bicubic D >= +0.5 dB "
+                                   "(best of K) on every set: MISSED (Set5 +1.00; not run: Set14)")
+    del f["Set14/realistic/srnam_learned_consistency"]
+    assert srnam_targets(f)[-1].endswith("(Set5 4.00, Set14 4.00 of 255); consistency "
+                                         "|D(candidate) - LR| (reported): Set5 1.50")
+    assert srnam_targets({}) == ["Targets (realistic LR): not evaluated"]
 
 
 def test_zskd_targets_from_hand_numbers():

@@ -18,6 +18,7 @@ from tdx.superres.images import (
     Degradation,
     ImageError,
     bicubic_down_torch,
+    gaussian_kernel,
     load_rgb,
     noise_level,
     resize,
@@ -94,7 +95,7 @@ def test_blind_noise_level_and_noisy_samples_of_d():
     for std in (0.01, 0.03):
         noisy = ramp + std * torch.randn(3, 96, 96, generator=g)
         assert noise_level(noisy) == pytest.approx(std, rel=0.1)
-    D = DegradationNet(4)
+    D = DegradationNet(4, kernel="free")  # the kind of D saved before noise_std existed
     D.noise_std.fill_(0.02)
     hr = torch.rand(2, 3, 64, 64, generator=g)
     draw = D.sample(hr, torch.Generator().manual_seed(1))
@@ -103,7 +104,7 @@ def test_blind_noise_level_and_noisy_samples_of_d():
     # the level is saved with D; a checkpoint from before it existed loads as noise-free
     state = D.state_dict()
     assert float(state.pop("noise_std")) == pytest.approx(0.02)
-    old = DegradationNet(4)
+    old = DegradationNet(4, kernel="free")
     old.noise_std.fill_(0.5)
     old.load_state_dict(state)
     assert float(old.noise_std) == 0.0
@@ -192,24 +193,20 @@ def test_kernel_spread_of_a_gaussian():
 
 def test_gaussian_kernel_of_d_is_the_gaussian_of_its_parameters():
     """D's Gaussian kernel is N(centre, L L^T) on its grid: set to sigmas (1.5, 2.5) rotated by
-    0.4 rad and moved by (0.5, -1) px, it equals the camera's kernel of those parameters."""
+    0.4 rad and moved by 0.5 px down and right, it equals the camera's kernel
+    (images.gaussian_kernel) of those parameters."""
     D = DegradationNet(4, sigma=2.0)
     theta, sx, sy = 0.4, 1.5, 2.5
     c, s = math.cos(theta), math.sin(theta)
     rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
     cov_xy = rot @ torch.diag(torch.tensor([sx**2, sy**2], dtype=torch.float64)) @ rot.T
-    cov = cov_xy.flip(0, 1)  # (x, y) -> D's (y, x) order
-    L = torch.linalg.cholesky(cov)
+    L = torch.linalg.cholesky(cov_xy.flip(0, 1))  # (x, y) -> D's (y, x) order
     with torch.no_grad():
         D.log_diag.copy_(L.diagonal().log().float())
         D.off_diag.fill_(float(L[1, 0]))
-        D.centre.copy_(torch.tensor([0.5, -1.0]))
-    r = torch.arange(16, dtype=torch.float64) - 7.5
-    yy, xx = torch.meshgrid(r - 0.5, r + 1.0, indexing="ij")
-    u, v = c * xx + s * yy, -s * xx + c * yy
-    ref = torch.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
-    torch.testing.assert_close(D.blur_kernel().detach().double(), ref / ref.sum(),
-                               rtol=1e-4, atol=1e-6)
+        D.centre.fill_(0.5)
+    ref = gaussian_kernel(sx, sy, theta, size=16, shift=-0.5)
+    torch.testing.assert_close(D.blur_kernel().detach(), ref, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="gaussian or free"):
         DegradationNet(4, kernel="box")
 
@@ -254,6 +251,21 @@ def test_every_stage_runs_two_updates(tmp_path):
     assert again["final"]["degradation/d_psnr_start"] != f["degradation/d_psnr_start"]
     assert summary(only_run(tmp_path / "again"))["reused_stages"] == [
         "generator", "degradation", "srcnn_bicubic", "srcnn_learned"]
+    # a D of the other kernel kind is not loaded in place of this one: exit 2, naming the key
+    proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
+               "srnam.degradation.kernel=free", "paths.runs_dir=other", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "has a gaussian blur kernel" in out, out[-3000:]
+    assert "srnam.degradation.kernel=gaussian" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("srnam.degradation.kernel=box", "use one of gaussian, free"),
+    ("srnam.degradation.init_sigma=-1.0", "a blur width in pixels, > 0")])
+def test_bad_degradation_settings_are_usage_errors(tmp_path, override, message):
+    proc = tdx("train", "srnam", *FAST, override, "paths.runs_dir=runs", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in out and "Traceback" not in out, out[-2000:]
 
 
 def _t91_with(tmp_path: Path, name: str, write) -> Path:  # noqa: ANN001
