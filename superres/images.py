@@ -120,7 +120,7 @@ class Degradation:
     pixel taken (the misalignment Zhang et al. 2021, BSRGAN, correct for)."""
 
     scale: int = 4
-    sigma: tuple[float, float] = (1.8, 3.2)  # IKC's x4 "Gaussian8" widths
+    sigma: tuple[float, float] = (1.8, 3.2)  # the width range of IKC's x4 "Gaussian8"
     noise: tuple[float, float] = (1.0, 5.0)
     jpeg: tuple[int, int] = (70, 95)
     seed: int = 0
