@@ -1,8 +1,16 @@
 """What the zero-shot student reads instead of task data (Rashid et al. 2021, Sec. 3.1).
 
 - `ood_sentences`: sentences of out-of-domain English text (WikiText-2 valid/test by
-  default): article lines split after " . ", headings dropped, 4-60 words; WikiText's
-  `<unk>` becomes the tokenizer's "[UNK]" and its "@-@" style joiners plain characters.
+  default), 4-60 words, as "articles" (lists of neighbouring sentences). Three layouts,
+  told apart by the text itself (a `.gz` file is read gunzipped):
+  - WikiText (it has "= Title =" headings): an article per heading, lines split after
+    " . ", headings dropped; `<unk>` becomes the tokenizer's "[UNK]" and the "@-@" style
+    joiners plain characters.
+  - paragraphs (blank lines between blocks, e.g. Tiny Shakespeare): an article per block,
+    a leading speaker line ("First Citizen:") dropped, the block's lines joined and split
+    after ". ", "! " or "? ".
+  - a sentence per line with no blank lines (e.g. Multi30k's English captions): each
+    line a sentence, articles of `LINES_PER_ARTICLE` consecutive lines.
 - `ood_pairs`, for sentence-pair tasks, built heuristically from those sentences (no task
   data): a third are neighbouring sentences of the same article (related, rarely
   paraphrases), a third a sentence and an edited copy of itself, a third two random
@@ -24,6 +32,7 @@ is refused before anything is read.
 
 from __future__ import annotations
 
+import gzip
 import random
 import re
 from pathlib import Path
@@ -52,30 +61,66 @@ def guard_no_task_data(files: list[str], data_dir: Path) -> list[Path]:
     return paths
 
 
+LINES_PER_ARTICLE = 20
+_HEADING = re.compile(r"= [^=].* =")
+_SENTENCE_END = re.compile(r"(?<=[.!?]) ")
+
+
+def _wikitext_articles(lines: list[str]) -> list[list[str]]:
+    articles: list[list[str]] = []
+    current: list[str] = []
+    for line in lines:
+        if _HEADING.fullmatch(line):  # a new article
+            articles.append(current)
+            current = []
+        elif line and not line.startswith("="):  # "= = Section = =" headings dropped
+            line = line.replace("<unk>", "[UNK]").replace(" @-@ ", "-").replace(
+                " @,@ ", ",").replace(" @.@ ", ".")
+            current.extend(re.split(r"(?<= [.!?]) ", line))
+    return [*articles, current]
+
+
+def _paragraph_articles(lines: list[str]) -> list[list[str]]:
+    blocks: list[list[str]] = [[]]
+    for line in lines:
+        if line:
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    articles = []
+    for block in blocks:
+        if block and block[0].endswith(":") and len(block[0].split()) <= 4:  # speaker
+            block = block[1:]
+        articles.append(_SENTENCE_END.split(" ".join(block)))
+    return articles
+
+
+def _line_articles(lines: list[str]) -> list[list[str]]:
+    return [lines[i:i + LINES_PER_ARTICLE] for i in range(0, len(lines), LINES_PER_ARTICLE)]
+
+
 def ood_sentences(files: list[str], data_dir: Path, min_words: int = 4, max_words: int = 60
                   ) -> list[list[str]]:
     """Articles (lists of sentences) of the out-of-domain text, task data refused."""
     articles: list[list[str]] = []
     for path in guard_no_task_data(files, data_dir):
-        current: list[str] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            if re.fullmatch(r"= [^=].* =", line):  # a new article
-                if current:
-                    articles.append(current)
-                current = []
-                continue
-            if line.startswith("="):  # section headings
-                continue
-            line = line.replace("<unk>", "[UNK]").replace(" @-@ ", "-").replace(
-                " @,@ ", ",").replace(" @.@ ", ".")
-            for sent in re.split(r"(?<= [.!?]) ", line):
-                if min_words <= len(sent.split()) <= max_words:
-                    current.append(sent.strip())
-        if current:
-            articles.append(current)
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else \
+                path.read_bytes()
+            lines = [line.strip() for line in raw.decode("utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"out-of-domain text {path} is not readable UTF-8 text "
+                             f"(gzipped if it ends in .gz): {e}") from None
+        if any(_HEADING.fullmatch(line) for line in lines):
+            found = _wikitext_articles(lines)
+        elif "" in lines[:-1]:
+            found = _paragraph_articles(lines)
+        else:
+            found = _line_articles([line for line in lines if line])
+        for article in found:
+            kept = [s.strip() for s in article if min_words <= len(s.split()) <= max_words]
+            if kept:
+                articles.append(kept)
     if not articles:
         raise UsageError(f"no sentences of {min_words}-{max_words} words in {files}")
     return articles

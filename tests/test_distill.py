@@ -2,6 +2,7 @@
 against hand-computed values, gradient through the Gumbel-softmax token choices, and a
 short run of the teacher stage and of every student recipe."""
 
+import gzip
 import math
 from pathlib import Path
 
@@ -90,6 +91,25 @@ def test_ood_text_and_pairs():
     copies = text.ood_pairs(articles, 600, seed=0)[1::3]
     kept = sorted(sum(w in a.split() for w in b.split()) / len(b.split()) for a, b in copies)
     assert kept[len(kept) // 10] < 0.6 and kept[-len(kept) // 10] > 0.9
+
+
+def test_ood_text_reads_paragraphs_and_line_per_sentence_files(tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "play.txt").write_text(
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+        "\nFirst Citizen:\nYou are all resolved rather to die\nthan to famish? We know it"
+        " well.\n")
+    lines = [f"caption number {i} of a long list." for i in range(45)]
+    (tmp_path / "text" / "captions.en.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    play = text.ood_sentences(["text/play.txt"], tmp_path)
+    # speaker lines dropped, a speech's lines joined, split at sentence ends, short ones out
+    assert play == [["Before we proceed any further, hear me speak."],
+                    ["You are all resolved rather to die than to famish?", "We know it well."]]
+    captions = text.ood_sentences(["text/captions.en.gz"], tmp_path)
+    assert [len(a) for a in captions] == [20, 20, 5] and text.flatten(captions) == lines
+    (tmp_path / "text" / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(UsageError, match="not readable"):
+        text.ood_sentences(["text/bad.gz"], tmp_path)
 
 
 def test_losses_against_hand_computed_values():
