@@ -32,13 +32,13 @@ is refused before anything is read.
 
 from __future__ import annotations
 
-import gzip
 import random
 import re
 from pathlib import Path
 
 from tdx.config import UsageError
 from tdx.distill.tasks import TASKS
+from tdx.fairseq_data import read_lines
 
 TASK_ROOTS = ("glue", "senteval")
 
@@ -64,6 +64,7 @@ def guard_no_task_data(files: list[str], data_dir: Path) -> list[Path]:
 LINES_PER_ARTICLE = 20
 _HEADING = re.compile(r"= [^=].* =")
 _SENTENCE_END = re.compile(r"(?<=[.!?]) ")
+_WIKI_SENTENCE_END = re.compile(r"(?<= [.!?]) ")  # WikiText is tokenized: "word . Next"
 
 
 def _wikitext_articles(lines: list[str]) -> list[list[str]]:
@@ -76,7 +77,7 @@ def _wikitext_articles(lines: list[str]) -> list[list[str]]:
         elif line and not line.startswith("="):  # "= = Section = =" headings dropped
             line = line.replace("<unk>", "[UNK]").replace(" @-@ ", "-").replace(
                 " @,@ ", ",").replace(" @.@ ", ".")
-            current.extend(re.split(r"(?<= [.!?]) ", line))
+            current.extend(_WIKI_SENTENCE_END.split(line))
     return [*articles, current]
 
 
@@ -105,10 +106,8 @@ def ood_sentences(files: list[str], data_dir: Path, min_words: int = 4, max_word
     articles: list[list[str]] = []
     for path in guard_no_task_data(files, data_dir):
         try:
-            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else \
-                path.read_bytes()
-            lines = [line.strip() for line in raw.decode("utf-8").splitlines()]
-        except (OSError, UnicodeDecodeError) as e:
+            lines = read_lines(path)
+        except (OSError, EOFError, UnicodeDecodeError) as e:
             raise UsageError(f"out-of-domain text {path} is not readable UTF-8 text "
                              f"(gzipped if it ends in .gz): {e}") from None
         if any(_HEADING.fullmatch(line) for line in lines):
