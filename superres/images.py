@@ -135,11 +135,16 @@ class Degradation:
                 "jpeg": int(round(self.jpeg[0] + (self.jpeg[1] - self.jpeg[0]) * u[4])),
                 "noise_seed": int(torch.randint(2**31 - 1, (1,), generator=g))}
 
+    def blur_kernel(self, index: int) -> Tensor:
+        """Image `index`'s blur, centred half a pixel before the taken pixel for even s."""
+        p, s = self.params(index), self.scale
+        return gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], size=4 * s + 1,
+                               shift=s // 2 - (s - 1) / 2)
+
     def __call__(self, hr: Tensor, index: int) -> Tensor:
         p = self.params(index)
         s = self.scale
-        k = gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], size=4 * s + 1,
-                            shift=s // 2 - (s - 1) / 2)
+        k = self.blur_kernel(index)
         blurred = conv_same(hr.unsqueeze(0), k).squeeze(0)
         lr = blurred[:, s // 2::s, s // 2::s][:, : hr.shape[1] // s, : hr.shape[2] // s]
         g = torch.Generator().manual_seed(p["noise_seed"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from tdx.superres import srnam
-from tdx.superres.images import bicubic_down_torch, gaussian_kernel, quantize, resize
+from tdx.superres.images import bicubic_down_torch, quantize, resize
 from tdx.superres.metrics import psnr
 from tdx.superres.nets import Generator
 
@@ -35,9 +35,7 @@ camera = srnam.hidden(cfg, sr.hidden.eval_seed)
 
 def oracle(index: int):
     """The camera's blur and sampling for image `index` (images.Degradation.__call__)."""
-    p = camera.params(index)
-    k = gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], size=4 * s + 1,
-                        shift=s // 2 - (s - 1) / 2)
+    k = camera.blur_kernel(index)
     w = k.expand(3, 1, *k.shape)
 
     def degrade(x):  # (N, 3, H, W) -> (N, 3, H/s, W/s)
