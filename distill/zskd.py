@@ -15,7 +15,10 @@ Stages (`tdx.loop.run_stage`, checkpointed and resumable):
                generator (straight-through Gumbel-softmax; the paper's method)
    adv_pgd     zero-shot: KD on out-of-domain text + embedding-space PGD
    The student is scored on the task's evaluation split every `trainer.valid_every`
-   updates (`student_<recipe>/valid` lines: the curve of score over training).
+   updates (`student_<recipe>/valid` lines: the curve of score over training). With
+   `zskd.student.ema=d` the scores are those of an exponential moving average of the
+   student's weights (`tdx.loop.ema_update`; not in Rashid et al.), the trained weights'
+   own scores logged beside them as raw_<metric>.
 
 Optional, before any task (recipe `pretrain`, stage `pretrain`): task-agnostic distillation
 of the un-fine-tuned teacher into the student's body on the out-of-domain text only (its
@@ -30,6 +33,7 @@ The zero-shot recipes never see task inputs: their student data come only from
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -61,7 +65,7 @@ from tdx.distill.models import (
 )
 from tdx.distill.tasks import Example, Task, get_task, read, scores
 from tdx.distributed import WORLD
-from tdx.loop import Stage, load_state, run_stage, step_generator
+from tdx.loop import Stage, ema_update, load_state, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
@@ -211,6 +215,7 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
     name = f"student_{recipe}"
 
     balance = ClassBalance() if s.balance and recipe in ZERO_SHOT else None
+    ema = freeze(copy.deepcopy(student)) if s.ema else None  # the averaged weights
 
     def kd(logits: Tensor, target: Tensor) -> Tensor:
         weight = None if balance is None else balance(target, regression)
@@ -243,16 +248,26 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema_update(ema, student, s.ema, i)
         return {"loss": loss.item(), **metrics}
+
+    def score(i: int) -> dict[str, float]:
+        batch = cfg.zskd.eval.batch
+        if ema is None:
+            return evaluate(student, inputs, eval_set, batch)
+        raw = evaluate(student, inputs, eval_set, batch)
+        return {**evaluate(ema, inputs, eval_set, batch),
+                **{f"raw_{k}": v for k, v in raw.items()}}
 
     state: dict[str, Any] = {"student": student, "opt": opt}
     if balance is not None:
         state["balance"] = balance
+    if ema is not None:
+        state["student_ema"] = ema
     if isinstance(adversary, GumbelMLM):
         state.update(G=adversary.gen, opt_g=adversary.opt)
-    return Stage(name, s.steps, step, state,
-                 lambda i: evaluate(student, inputs, eval_set, cfg.zskd.eval.batch),
-                 units=s.batch, unit_name="sequences")
+    return Stage(name, s.steps, step, state, score, units=s.batch, unit_name="sequences")
 
 
 def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any,  # noqa: ANN401

@@ -83,6 +83,20 @@ class Stage:
     extra: dict[str, Any] = field(default_factory=dict)  # saved with the stage (numbers)
 
 
+@torch.no_grad()
+def ema_update(avg: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """Exponential moving average of a model's weights (Polyak & Juditsky 1992), after
+    update `step` (0-based): avg <- d avg + (1 - d) model with d = min(decay,
+    (1 + step) / (10 + step)), so the first updates are not held back by the start.
+    Integer buffers are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for a, p in zip(avg.state_dict().values(), model.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            a.lerp_(p, 1 - d)
+        else:
+            a.copy_(p)
+
+
 def step_generator(seed: int, stage: str, i: int) -> torch.Generator:
     """The random source of update i of a stage: a resumed run draws the same batches."""
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()) % 100_003

@@ -13,6 +13,7 @@ from tdx.config import UsageError
 from tdx.distill import tasks, text
 from tdx.distill.losses import ClassBalance, kd_loss, label_loss
 from tdx.distill.zskd import TaskData
+from tdx.loop import ema_update
 
 from .conftest import only_run, summary, tdx
 
@@ -128,6 +129,18 @@ def test_losses_against_hand_computed_values():
     # weighted: (1 * kl + 3 * 0) / 4 for the same pair and an exact match
     two = kd_loss(torch.cat([s, t]), torch.cat([t, t]), weight=torch.tensor([1.0, 3.0]))
     assert math.isclose(two.item(), kl / 4, rel_tol=1e-6)
+
+
+def test_weight_average_against_hand_computed_values():
+    avg, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    for m, v in ((avg, 0.0), (model, 1.0)):
+        torch.nn.init.constant_(m.weight, v)
+        torch.nn.init.constant_(m.bias, v)
+    ema_update(avg, model, 0.99, 0)  # d = min(0.99, 1/10): mostly the new weights
+    torch.testing.assert_close(avg.weight, torch.full((1, 2), 0.9))
+    ema_update(avg, model, 0.5, 1000)  # d = 0.5
+    torch.testing.assert_close(avg.bias, torch.tensor([0.95]))
+    assert model.weight.eq(1).all()  # the trained model is left alone
 
 
 def test_class_balance_gives_every_teacher_class_the_same_mass():
@@ -341,12 +354,16 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     assert "%)" in table.split("| mrpc |")[1] and (tmp_path / "z.png").stat().st_size > 0
     assert "Budgets: teacher 2 updates x 32; every student 2 updates x 32" in table
     # scored on other examples than the stored teacher's: the teacher is scored again
-    # (and the class-balanced KD option runs)
+    # (and the class-balanced KD and weight-average options run)
     other = tdx("train", "zskd", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
-                "zskd.recipe=ood", "zskd.student.balance=true", *FAST,
+                "zskd.recipe=ood", "zskd.student.balance=true", "zskd.student.ema=0.9",
+                *FAST,
                 "zskd.eval.max_examples=40", f"hydra.run.dir={runs}/other", cwd=tmp_path,
                 check=True)
-    assert summary(runs / "other")["final"]["teacher"] != t["final"]["teacher"], other.stdout
+    final = summary(runs / "other")["final"]
+    assert final["teacher"] != t["final"]["teacher"], other.stdout
+    # (and the weight average is scored, the trained weights beside it)
+    assert {"primary", "raw_primary"} <= final["student"].keys()
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
