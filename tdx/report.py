@@ -777,7 +777,7 @@ def _save_figure(fig: Any, ax: Any, out: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # a long legend label is not cut off
     plt.close(fig)
 
 
