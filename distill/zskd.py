@@ -254,11 +254,11 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
 
     def score(i: int) -> dict[str, float]:
         batch = cfg.zskd.eval.batch
+        own = evaluate(student, inputs, eval_set, batch)
         if ema is None:
-            return evaluate(student, inputs, eval_set, batch)
-        raw = evaluate(student, inputs, eval_set, batch)
+            return own
         return {**evaluate(ema, inputs, eval_set, batch),
-                **{f"raw_{k}": v for k, v in raw.items()}}
+                **{f"raw_{k}": v for k, v in own.items()}}
 
     state: dict[str, Any] = {"student": student, "opt": opt}
     if balance is not None:
