@@ -176,11 +176,14 @@ def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float, size: int,
     return (k / k.sum()).float()
 
 
-def conv_same(x: Tensor, kernel: Tensor) -> Tensor:
-    """(N, C, H, W) convolved channel-wise with one (k, k) kernel, reflect padding."""
+def conv_same(x: Tensor, kernel: Tensor, stride: int = 1, offset: int = 0) -> Tensor:
+    """(N, C, H, W) convolved channel-wise with one (k, k) kernel, reflect padding; with a
+    stride, only the output pixels offset, offset + stride, ... are computed (the values of
+    conv_same(x, kernel)[..., offset::stride, offset::stride])."""
     k = kernel.shape[-1]
     w = kernel.expand(x.shape[1], 1, k, k)
-    return F.conv2d(F.pad(x, [k // 2] * 4, mode="reflect"), w, groups=x.shape[1])
+    xp = F.pad(x, [k // 2] * 4, mode="reflect")[..., offset:, offset:]
+    return F.conv2d(xp, w, stride=stride, groups=x.shape[1])
 
 
 def jpeg(x: Tensor, quality: int) -> Tensor:

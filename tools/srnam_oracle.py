@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from tdx.superres import srnam
-from tdx.superres.images import bicubic_down_torch, quantize, resize
+from tdx.superres.images import bicubic_down_torch, conv_same, quantize, resize
 from tdx.superres.metrics import psnr
 from tdx.superres.nets import Generator
 
@@ -36,12 +35,9 @@ camera = srnam.hidden(cfg, sr.hidden.eval_seed)
 def oracle(index: int):
     """The camera's blur and sampling for image `index` (images.Degradation.__call__)."""
     k = camera.blur_kernel(index)
-    w = k.expand(3, 1, *k.shape)
 
-    def degrade(x):  # (N, 3, H, W) -> (N, 3, H/s, W/s)
-        # conv_same(x, k)[..., s//2::s, s//2::s], computed at the taken pixels only
-        xp = F.pad(x, [k.shape[-1] // 2] * 4, mode="reflect")[..., s // 2:, s // 2:]
-        return F.conv2d(xp, w, stride=s, groups=3)[..., : x.shape[-2] // s, : x.shape[-1] // s]
+    def degrade(x):  # (N, 3, H, W) -> (N, 3, H/s, W/s), only the taken pixels computed
+        return conv_same(x, k, s, s // 2)[..., : x.shape[-2] // s, : x.shape[-1] // s]
     return degrade
 
 
