@@ -145,8 +145,9 @@ class Degradation:
         p = self.params(index)
         s = self.scale
         k = self.blur_kernel(index)
-        blurred = conv_same(hr.unsqueeze(0), k).squeeze(0)
-        lr = blurred[:, s // 2::s, s // 2::s][:, : hr.shape[1] // s, : hr.shape[2] // s]
+        # blur, then keep pixels s//2, s//2 + s, ...: only those are computed
+        lr = conv_same(hr.unsqueeze(0), k, s, s // 2).squeeze(0)[:, : hr.shape[1] // s,
+                                                                 : hr.shape[2] // s]
         g = torch.Generator().manual_seed(p["noise_seed"])
         lr = (lr + torch.randn(lr.shape, generator=g) * p["noise"] / 255).clamp(0, 1)
         return jpeg(lr, int(p["jpeg"]))
