@@ -578,10 +578,11 @@ def zskd_targets(scores: dict[str, dict[str, tuple[float, float]]]) -> list[str]
 
 
 def _zskd_budgets(runs: list[Run]) -> str:
-    """The budgets and seeds the table's student runs used (one line per distinct
-    setting); a teacher-only run (recipe none) is left out when students are there, since
-    its config's student settings were never used."""
-    lines = set()
+    """The budgets and seeds the table's student runs used; a teacher-only run (recipe
+    none) is left out when students are there, since its config's student settings were
+    never used. Runs that differ (a longer budget, another body) get a line each, named by
+    their run folders (parent/name)."""
+    by_line: dict[str, list[str]] = {}  # budget sentence -> the runs that used it
     starts: dict[str | None, str] = {}  # init_from -> its sentence (reads that run once)
     for r in _zskd_students(runs) or runs:
         z = r.get("config.zskd") or {}
@@ -589,12 +590,16 @@ def _zskd_budgets(runs: list[Run]) -> str:
         init = s.get("init_from")
         if init not in starts:
             starts[init] = _zskd_init(init)
-        lines.add(f"Budgets: teacher {t.get('steps')} updates x {t.get('batch')}; every "
-                  f"student {s.get('steps')} updates x {s.get('batch')} (adversarial "
-                  f"recipes: + a batch of rewrites per update; Gumbel-MLM generator "
-                  f"pre-trained {g.get('pretrain_steps')} updates); seed "
-                  f"{r.get('config.seed')}." + starts[init])
-    return "".join(f"\n{x}\n" for x in sorted(lines))
+        line = (f"teacher {t.get('steps')} updates x {t.get('batch')}; every student "
+                f"{s.get('steps')} updates x {s.get('batch')} (adversarial recipes: + a "
+                f"batch of rewrites per update; Gumbel-MLM generator pre-trained "
+                f"{g.get('pretrain_steps')} updates); seed {r.get('config.seed')}."
+                + starts[init])
+        by_line.setdefault(line, []).append(f"{r.path.parent.name}/{r.path.name}")
+    if len(by_line) == 1:
+        return f"\nBudgets: {next(iter(by_line))}\n"
+    return "".join(f"\nBudgets of {', '.join(f'`{n}`' for n in sorted(names))}: {line}\n"
+                   for line, names in sorted(by_line.items()))
 
 
 def _zskd_init(init_from: str | None) -> str:

@@ -391,11 +391,11 @@ def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     used: the notes state only the budgets the students trained with."""
     from tdx.report import Run, zskd_notes
 
-    def run(recipe, student_steps, final=None):
+    def run(recipe, student_steps, final=None, path=tmp_path):
         config = {"seed": 1, "zskd": {"teacher": {"steps": 600, "batch": 32},
                                       "student": {"steps": student_steps, "batch": 32},
                                       "gumbel": {"pretrain_steps": 300}}}
-        return Run(tmp_path, {"final": {"task": "sst2", "recipe": recipe, **(final or {})}},
+        return Run(path, {"final": {"task": "sst2", "recipe": recipe, **(final or {})}},
                    config, {})
 
     student = {"teacher": {"acc": 88.0, "primary": 88.0}, "student": {"primary": 75.0},
@@ -404,6 +404,14 @@ def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     assert "every student 3000 updates x 32" in notes
     assert "every student 600 updates" not in notes
     assert "every student 600 updates x 32" in zskd_notes([run("none", 600)])
+    # students of two budgets: a line each, saying which runs it covers
+    mixed = zskd_notes([run("ood", 3000, student, tmp_path / "long" / "ood"),
+                        run("ood", 600, student, tmp_path / "short" / "ood"),
+                        run("adv_pgd", 600, student, tmp_path / "short" / "pgd")])
+    assert "Budgets of `long/ood`: teacher 600 updates x 32; every student 3000" in mixed
+    assert "Budgets of `short/ood`, `short/pgd`: teacher 600 updates x 32; every " \
+        "student 600" in mixed
+    assert "Budgets:" not in mixed
 
 
 def test_embed_runs_of_different_teachers_never_pool(tmp_path):
