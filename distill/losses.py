@@ -4,6 +4,10 @@
   scaled by t^2 so gradients keep their size across temperatures; averaged over the batch.
 - Regression (STS-B): the squared error between the student's and the teacher's score.
 The same quantity is the divergence the adversary maximises.
+- `kind="mse"` (optional, classification): the squared error between the two logit
+  vectors, averaged over the classes, instead of the KL (logit regression, Ba & Caruana
+  2014; the student matches the teacher's margins even where its softmax
+  saturates). The adversaries keep the KL.
 - `ClassBalance` (optional, zero-shot recipes): per-example weights so that each of the
   teacher's classes carries the same share of the KD loss, whatever share of the transfer
   text the teacher assigns to it (not in the paper: out-of-domain text is far from the
@@ -17,13 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+KD_KINDS = ("kl", "mse")
+
 
 def kd_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0,
-            regression: bool = False, weight: Tensor | None = None) -> Tensor:
+            regression: bool = False, weight: Tensor | None = None, kind: str = "kl"
+            ) -> Tensor:
     """student, teacher: (B, labels) logits (labels = 1: scores). Returns a scalar: the
     mean over the batch, or the `weight`-weighted mean (weight (B,))."""
     if regression:
         err = (student.squeeze(-1) - teacher.squeeze(-1)).square()  # (B,)
+    elif kind == "mse":
+        err = (student - teacher).square().mean(-1)  # (B,)
     else:
         t = temperature
         log_s = F.log_softmax(student / t, dim=-1)

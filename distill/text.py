@@ -22,6 +22,9 @@
   learns "paraphrase = almost the same words" and calls every reworded MRPC paraphrase
   negative (the MRPC teacher's P(paraphrase) falls from 0.98 at e < 0.2 to 0.38 at
   e > 0.8; on neighbouring and random pairs it is 0.03 and 0.01).
+- `crop`: a random contiguous span of a sentence (optional augmentation of the single-
+  sentence recipes, `zskd.ood.crop`: each drawn sentence is replaced by a span with that
+  probability), so a small text yields many more distinct inputs (not in the paper).
 - `random_tokens`: the "random token sequences" baseline (recipe 3): uniformly drawn
   word pieces, with sentence lengths drawn from the out-of-domain text.
 
@@ -35,6 +38,8 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+
+import torch
 
 from tdx.config import UsageError
 from tdx.distill.tasks import TASKS
@@ -161,6 +166,18 @@ def ood_pairs(articles: list[list[str]], n: int, seed: int) -> list[tuple[str, s
         pairs.append((art[j], art[j + 1]) if kind == 0 else
                      (art[j], _edited_copy(art[j], art[j + 1], rng)))
     return pairs
+
+
+def crop(sentence: str, rng: torch.Generator, min_words: int = 4) -> str:
+    """A contiguous span of `sentence`: its length uniform in [min_words, n] words (the
+    whole sentence if it is shorter), its start uniform."""
+    words = sentence.split()
+    n = len(words)
+    if n <= min_words:
+        return sentence
+    length = int(torch.randint(min_words, n + 1, (1,), generator=rng))
+    start = int(torch.randint(0, n - length + 1, (1,), generator=rng))
+    return " ".join(words[start:start + length])
 
 
 def random_tokens(lengths: list[int], vocab: list[int], n: int, seed: int) -> list[list[int]]:

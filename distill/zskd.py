@@ -47,7 +47,7 @@ from torch import Tensor
 from tdx.config import UsageError
 from tdx.distill import text
 from tdx.distill.adversary import GumbelMLM, NeighbourPGD, nearest_neighbours
-from tdx.distill.losses import ClassBalance, kd_loss, label_loss
+from tdx.distill.losses import KD_KINDS, ClassBalance, kd_loss, label_loss
 from tdx.distill.models import (
     Batch,
     Encoder,
@@ -215,11 +215,12 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
     name = f"student_{recipe}"
 
     balance = ClassBalance() if s.balance and recipe in ZERO_SHOT else None
+    crop = float(cfg.zskd.ood.crop) if recipe in ZERO_SHOT else 0.0
     ema = freeze(copy.deepcopy(student)) if s.ema else None  # the averaged weights
 
     def kd(logits: Tensor, target: Tensor) -> Tensor:
         weight = None if balance is None else balance(target, regression)
-        return kd_loss(logits, target, s.temperature, regression, weight)
+        return kd_loss(logits, target, s.temperature, regression, weight, s.kd)
 
     def step(i: int) -> dict[str, float]:
         rng = step_generator(cfg.seed, name, i)
@@ -234,7 +235,12 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
             batch = inputs.random(lengths, s.batch, rng)
             loss = kd(student(batch), kd_targets(teacher, batch))
         else:
-            batch = inputs.texts(sample(ood, s.batch, rng))
+            drawn = sample(ood, s.batch, rng)
+            if crop:  # (B,) coin flips: which sentences become a random span of themselves
+                flips = (torch.rand(len(drawn), generator=rng) < crop).tolist()
+                drawn = [text.crop(x, rng) if f else x
+                         for x, f in zip(drawn, flips, strict=True)]
+            batch = inputs.texts(drawn)
             loss = kd(student(batch), kd_targets(teacher, batch))
             if isinstance(adversary, GumbelMLM):
                 adv, t_adv, metrics = adversary.step(teacher, student, batch, rng)
@@ -389,6 +395,12 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     if recipe == "pretrain":
         return run_pretrain(cfg, run_dir, stop)
     task = get_task(str(z.task))
+    if z.student.kd not in KD_KINDS:
+        raise UsageError(f"unknown zskd.student.kd '{z.student.kd}'; one of "
+                         f"{', '.join(KD_KINDS)}")
+    if not 0.0 <= float(z.ood.crop) <= 1.0 or (z.ood.crop and task.pair):
+        raise UsageError(f"zskd.ood.crop={z.ood.crop}: a probability in [0, 1], and 0 for "
+                         "sentence-pair tasks (a span of one text would break the pair)")
     data_dir = Path(cfg.paths.data_dir)
     data = TaskData(task, data_dir, recipe)
     eval_set = data.eval_examples(z.eval.max_examples)

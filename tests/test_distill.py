@@ -129,6 +129,25 @@ def test_losses_against_hand_computed_values():
     # weighted: (1 * kl + 3 * 0) / 4 for the same pair and an exact match
     two = kd_loss(torch.cat([s, t]), torch.cat([t, t]), weight=torch.tensor([1.0, 3.0]))
     assert math.isclose(two.item(), kl / 4, rel_tol=1e-6)
+    # logit regression: the squared logit error, averaged over classes, whatever t
+    mse = kd_loss(s, t, temperature=2.0, kind="mse")
+    assert math.isclose(mse.item(), math.log(3.0) ** 2 / 2, rel_tol=1e-6)
+
+
+def test_crop_draws_contiguous_spans_of_at_least_four_words():
+    sentence = " ".join(f"w{i}" for i in range(12))
+    rng = torch.Generator().manual_seed(0)
+    spans = [text.crop(sentence, rng) for _ in range(400)]
+    for span in spans:
+        words = span.split()
+        first = int(words[0][1:])
+        assert len(words) >= 4 and words == [f"w{i}" for i in range(first, first + len(words))]
+    lengths = {len(x.split()) for x in spans}
+    assert lengths == set(range(4, 13))  # every length from 4 to the whole sentence
+    assert len({x.split()[0] for x in spans}) == 9  # starts w0..w8
+    assert text.crop("too short here", rng) == "too short here"
+    again = torch.Generator().manual_seed(0)
+    assert [text.crop(sentence, again) for _ in range(400)] == spans
 
 
 def test_weight_average_against_hand_computed_values():
@@ -357,6 +376,7 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     # (and the class-balanced KD and weight-average options run)
     other = tdx("train", "zskd", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
                 "zskd.recipe=ood", "zskd.student.balance=true", "zskd.student.ema=0.9",
+                "zskd.student.kd=mse",
                 *FAST,
                 "zskd.eval.max_examples=40", f"hydra.run.dir={runs}/other", cwd=tmp_path,
                 check=True)
@@ -367,6 +387,10 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
+    for arg, says in [("zskd.ood.crop=0.5", "sentence-pair"), ("zskd.student.kd=l1", "kl, mse")]:
+        bad = tdx("train", "zskd", "zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher",
+                  arg, *FAST, f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
+        assert bad.returncode == 2 and says in bad.stdout + bad.stderr, bad.stderr
     assert only_run(runs / "teacher")
 
 
@@ -395,7 +419,8 @@ def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
     with pytest.raises(UsageError, match="pretrain stage finished"):
         init_body(tmp_path, student)
 
-    tdx("train", "zskd", "zskd.task=sst2", "zskd.recipe=labels",
+    # (a zero-shot student that reads random spans of the out-of-domain sentences)
+    tdx("train", "zskd", "zskd.task=sst2", "zskd.recipe=ood", "zskd.ood.crop=1.0",
         f"zskd.student.init_from={runs}/pretrain", *FAST, f"hydra.run.dir={runs}/student",
         cwd=tmp_path, check=True)
     assert "primary" in summary(runs / "student")["final"]["student"]
