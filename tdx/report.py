@@ -580,9 +580,10 @@ def zskd_targets(scores: dict[str, dict[str, tuple[float, float]]]) -> list[str]
 def _zskd_budgets(runs: list[Run]) -> str:
     """The budgets and seeds the table's student runs used; a teacher-only run (recipe
     none) is left out when students are there, since its config's student settings were
-    never used. Runs that differ (a longer budget, another body) get a line each, named by
-    their run folders (parent/name)."""
-    by_line: dict[str, list[str]] = {}  # budget sentence -> the runs that used it
+    never used. Runs that differ only in their seed share a line ("seeds 1, 2"); runs
+    that differ otherwise (a longer budget, another body) get a line each, named by their
+    run folders (parent/name)."""
+    by_line: dict[tuple[str, str], list[Run]] = {}  # (budget, body start) -> its runs
     starts: dict[str | None, str] = {}  # init_from -> its sentence (reads that run once)
     for r in _zskd_students(runs) or runs:
         z = r.get("config.zskd") or {}
@@ -590,16 +591,23 @@ def _zskd_budgets(runs: list[Run]) -> str:
         init = s.get("init_from")
         if init not in starts:
             starts[init] = _zskd_init(init)
-        line = (f"teacher {t.get('steps')} updates x {t.get('batch')}; every student "
-                f"{s.get('steps')} updates x {s.get('batch')} (adversarial recipes: + a "
-                f"batch of rewrites per update; Gumbel-MLM generator pre-trained "
-                f"{g.get('pretrain_steps')} updates); seed {r.get('config.seed')}."
-                + starts[init])
-        by_line.setdefault(line, []).append(f"{r.path.parent.name}/{r.path.name}")
-    if len(by_line) == 1:
-        return f"\nBudgets: {next(iter(by_line))}\n"
-    return "".join(f"\nBudgets of {', '.join(f'`{n}`' for n in sorted(names))}: {line}\n"
-                   for line, names in sorted(by_line.items()))
+        budget = (f"teacher {t.get('steps')} updates x {t.get('batch')}; every student "
+                  f"{s.get('steps')} updates x {s.get('batch')} (adversarial recipes: + a "
+                  f"batch of rewrites per update; Gumbel-MLM generator pre-trained "
+                  f"{g.get('pretrain_steps')} updates)")
+        by_line.setdefault((budget, starts[init]), []).append(r)
+    lines = {f"{budget}; {_seeds(g)}.{start}": g for (budget, start), g in by_line.items()}
+    if len(lines) == 1:
+        return f"\nBudgets: {next(iter(lines))}\n"
+    names = {line: ", ".join(sorted(f"`{r.path.parent.name}/{r.path.name}`" for r in g))
+             for line, g in lines.items()}
+    return "".join(f"\nBudgets of {names[line]}: {line}\n" for line in sorted(lines))
+
+
+def _seeds(runs: list[Run]) -> str:
+    """'seed 1' or 'seeds 1, 2': the seeds a line of notes covers."""
+    seeds = sorted({r.get("config.seed") for r in runs}, key=lambda x: (x is None, x or 0))
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
 def _zskd_init(init_from: str | None) -> str:
@@ -618,7 +626,7 @@ def _zskd_init(init_from: str | None) -> str:
 
 def embed_notes(runs: list[Run]) -> str:
     """The teacher and fine-tuning the embed table's runs used, and its targets."""
-    seeds: dict[str, set[int]] = {}  # a line per setting, with the seeds that used it
+    seeds: dict[str, list[Run]] = {}  # a line per setting, with the runs that used it
     for r in runs:
         ckpt = r.get("teacher.checkpoint")
         t = read_json(Path(ckpt).parent.parent / "summary.json") if ckpt else {}
@@ -634,9 +642,8 @@ def embed_notes(runs: list[Run]) -> str:
                 f"{o.get('lr_scheduler', '?')} learning rate"
                 + (f", on the teacher's beam-{b} translations of the training sources "
                    "(sequence-level KD)" if (b := r.get("config.seq_kd_beam")) else ""))
-        seeds.setdefault(line, set()).add(r.get("config.seed"))
-    lines = [f"{x}; seed{'s' * (len(v) > 1)} {', '.join(map(str, sorted(v)))}."
-             for x, v in seeds.items()]
+        seeds.setdefault(line, []).append(r)
+    lines = [f"{x}; {_seeds(v)}." for x, v in seeds.items()]
     notes = "".join(f"\n{x}\n" for x in sorted(lines))
     # {fine-tuning recipe: {(method, rate): [BLEU]}}: the targets compare like with like,
     # one block per recipe (teacher, kind of training target, loss weights, ...)
@@ -763,16 +770,24 @@ def plot(runs: list[Run], out: Path, split: str, metric: str, group_key: str | N
     key = (lambda r: str(r.get(group_key))) if group_key else (lambda r: r.path.name)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for g in _group(runs, key):
-        curves = [dict(r.curve(split, metric)) for r in g]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        if not steps:
-            continue
-        vals = [[c[s] for c in curves] for s in steps]
-        ax.plot(steps, [statistics.mean(v) for v in vals], label=f"{key(g[0])} (n={len(g)})")
-        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
+        _mean_curve(ax, [r.curve(split, metric) for r in g], f"{key(g[0])} (n={len(g)})")
     ax.set_xlabel("updates")
     ax.set_ylabel(f"{split} {metric}")
     _save_figure(fig, ax, out)
+
+
+def _mean_curve(ax: Any, curves: list[list[tuple[int, float]]], label: str,
+                marker: str | None = None) -> None:
+    """The mean of several runs' curves at the updates they all logged, with a min-max
+    band when there is more than one run."""
+    points = [dict(c) for c in curves]
+    steps = sorted(set.intersection(*(set(c) for c in points))) if points else []
+    if not steps:
+        return
+    vals = [[c[s] for c in points] for s in steps]
+    ax.plot(steps, [statistics.mean(v) for v in vals], marker=marker, label=label)
+    if len(points) > 1:
+        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
 
 
 def _save_figure(fig: Any, ax: Any, out: Path) -> None:
@@ -831,9 +846,9 @@ def plot_zskd(runs: list[Run], out: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         for g in _group([r for r in shown if r.get("final.task") == task],
                         lambda r: keys[id(r)]):
-            curve = g[0].curve(f"student_{g[0].get('final.recipe')}/valid", "primary")
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".",
-                    label=_zskd_label(keys[id(g[0])]))
+            seeds = f" (mean of {len(g)} runs)" if len(g) > 1 else ""
+            _mean_curve(ax, [r.curve(f"student_{r.get('final.recipe')}/valid", "primary")
+                             for r in g], _zskd_label(keys[id(g[0])]) + seeds, marker=".")
         ax.set_title(task)
         ax.set_xlabel("updates")
     axes[0][0].set_ylabel("student score (%)")

@@ -391,8 +391,8 @@ def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     used: the notes state only the budgets the students trained with."""
     from tdx.report import Run, zskd_notes
 
-    def run(recipe, student_steps, final=None, path=tmp_path):
-        config = {"seed": 1, "zskd": {"teacher": {"steps": 600, "batch": 32},
+    def run(recipe, student_steps, final=None, path=tmp_path, seed=1):
+        config = {"seed": seed, "zskd": {"teacher": {"steps": 600, "batch": 32},
                                       "student": {"steps": student_steps, "batch": 32},
                                       "gumbel": {"pretrain_steps": 300}}}
         return Run(path, {"final": {"task": "sst2", "recipe": recipe, **(final or {})}},
@@ -412,6 +412,40 @@ def test_zskd_budgets_come_from_the_student_runs(tmp_path):
     assert "Budgets of `short/ood`, `short/pgd`: teacher 600 updates x 32; every " \
         "student 600" in mixed
     assert "Budgets:" not in mixed
+    # runs that differ only in their seed share a line, which names the seeds
+    seeds = zskd_notes([run("ood", 3000, student, tmp_path / "s1" / "ood"),
+                        run("ood", 3000, student, tmp_path / "s2" / "ood", seed=2),
+                        run("adv_pgd", 3000, student, tmp_path / "s2" / "pgd", seed=2)])
+    assert seeds.count("Budgets") == 1
+    assert "pre-trained 300 updates); seeds 1, 2." in seeds
+    seeds = zskd_notes([run("ood", 3000, student, tmp_path / "s2" / "ood", seed=2),
+                        run("ood", 600, student, tmp_path / "s1" / "ood")])
+    assert "Budgets of `s1/ood`: " in seeds and "); seed 1." in seeds
+    assert "Budgets of `s2/ood`: " in seeds and "); seed 2." in seeds
+
+
+def test_curves_of_several_seeds_plot_as_their_mean_with_a_band():
+    """Runs of one setting plot as one line, the mean at the updates they all logged, in
+    a min-max band; a single run has no band."""
+    from tdx.report import _mean_curve
+
+    class Axes:
+        def __init__(self):
+            self.calls = []
+
+        def plot(self, x, y, **kw):
+            self.calls.append(("plot", x, y, kw["label"]))
+
+        def fill_between(self, x, lo, hi, **kw):
+            self.calls.append(("band", x, lo, hi))
+
+    ax = Axes()
+    _mean_curve(ax, [[(0, 1.0), (10, 3.0)], [(0, 3.0), (10, 5.0), (20, 9.0)]], "pgd")
+    assert ax.calls == [("plot", [0, 10], [2.0, 4.0], "pgd"),
+                        ("band", [0, 10], [1.0, 3.0], [3.0, 5.0])]
+    ax = Axes()
+    _mean_curve(ax, [[(0, 1.0), (10, 3.0)]], "ood")
+    assert ax.calls == [("plot", [0, 10], [1.0, 3.0], "ood")]
 
 
 def test_embed_runs_of_different_teachers_never_pool(tmp_path):
