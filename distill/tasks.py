@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdx.config import UsageError
+from tdx.errors import UsageError
 
 Example = tuple[str, str | None, float]  # text, text_b (pair tasks), label (class or score)
 

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from tdx.config import UsageError
 from tdx.distill.tasks import TASKS
+from tdx.errors import UsageError
 from tdx.fairseq_data import read_lines
 
 TASK_ROOTS = ("glue", "senteval")

@@ -44,7 +44,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from tdx.config import UsageError
 from tdx.distill import text
 from tdx.distill.adversary import GumbelMLM, NeighbourPGD, nearest_neighbours
 from tdx.distill.losses import KD_KINDS, ClassBalance, kd_loss, label_loss
@@ -63,14 +62,14 @@ from tdx.distill.models import (
     pack,
     tokenizer,
 )
+from tdx.distill.recipes import RECIPES, ZERO_SHOT
 from tdx.distill.tasks import Example, Task, get_task, read, scores
 from tdx.distributed import WORLD
+from tdx.errors import UsageError
 from tdx.loop import Stage, ema_update, load_state, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
-RECIPES = ("labels", "kd_task", "random", "ood", "adv_gumbel", "adv_pgd")
-ZERO_SHOT = ("random", "ood", "adv_gumbel", "adv_pgd")
 
 
 class TaskData:
@@ -205,6 +204,31 @@ def generator_stage(cfg: DictConfig, adversary: GumbelMLM, inputs: Inputs, ood: 
                  units=cfg.zskd.student.batch, unit_name="sentences")
 
 
+def draw_ood(ood: list, n: int, crop: float, rng: torch.Generator) -> list:
+    """n out-of-domain inputs; with `crop`, each sentence is replaced by a random span of
+    itself with that probability (single-sentence tasks)."""
+    drawn = sample(ood, n, rng)
+    if crop:  # (B,) coin flips: which sentences become a random span of themselves
+        flips = (torch.rand(len(drawn), generator=rng) < crop).tolist()
+        drawn = [text.crop(x, rng) if f else x for x, f in zip(drawn, flips, strict=True)]
+    return drawn
+
+
+def adversarial_kd(adversary: GumbelMLM | NeighbourPGD | None, teacher: Encoder,
+                   student: Student, batch: Batch, kd: Any, rng: torch.Generator  # noqa: ANN401
+                   ) -> tuple[Tensor | float, dict[str, float]]:
+    """The KD loss on the adversary's rewrites of `batch` (0 without an adversary), and
+    the adversary's metrics: recipe (5), Gumbel-MLM, and (5b), PGD on word mixtures."""
+    if isinstance(adversary, GumbelMLM):
+        adv, t_adv, metrics = adversary.step(teacher, student, batch, rng)
+        return kd(student(adv), t_adv), metrics
+    if isinstance(adversary, NeighbourPGD):
+        _, soft, t_adv, metrics = adversary.step(teacher, student, batch, rng)
+        return kd(student.forward_embeds(soft.embed(student), batch.mask, batch.types),
+                  t_adv), metrics
+    return 0.0, {}
+
+
 def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Student,
                   data: TaskData, inputs: Inputs, eval_set: list[Example], ood: list,
                   lengths: list[int], adversary: GumbelMLM | NeighbourPGD | None) -> Stage:
@@ -225,30 +249,20 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
     def step(i: int) -> dict[str, float]:
         rng = step_generator(cfg.seed, name, i)
         student.train()
-        metrics: dict[str, float] = {}
         if recipe in ("labels", "kd_task"):
             batch, labels = inputs.examples(sample(pool, s.batch, rng))
             out = student(batch)
             loss = label_loss(out, labels, regression) if recipe == "labels" else \
                 kd(out, kd_targets(teacher, batch))
+            metrics: dict[str, float] = {}
         elif recipe == "random":
             batch = inputs.random(lengths, s.batch, rng)
-            loss = kd(student(batch), kd_targets(teacher, batch))
+            loss, metrics = kd(student(batch), kd_targets(teacher, batch)), {}
         else:
-            drawn = sample(ood, s.batch, rng)
-            if crop:  # (B,) coin flips: which sentences become a random span of themselves
-                flips = (torch.rand(len(drawn), generator=rng) < crop).tolist()
-                drawn = [text.crop(x, rng) if f else x
-                         for x, f in zip(drawn, flips, strict=True)]
-            batch = inputs.texts(drawn)
+            batch = inputs.texts(draw_ood(ood, s.batch, crop, rng))
             loss = kd(student(batch), kd_targets(teacher, batch))
-            if isinstance(adversary, GumbelMLM):
-                adv, t_adv, metrics = adversary.step(teacher, student, batch, rng)
-                loss = loss + s.adv_weight * kd(student(adv), t_adv)
-            elif isinstance(adversary, NeighbourPGD):
-                _, soft, t_adv, metrics = adversary.step(teacher, student, batch, rng)
-                out = student.forward_embeds(soft.embed(student), batch.mask, batch.types)
-                loss = loss + s.adv_weight * kd(out, t_adv)
+            adv_loss, metrics = adversarial_kd(adversary, teacher, student, batch, kd, rng)
+            loss = loss + s.adv_weight * adv_loss
         set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
         opt.zero_grad()
         loss.backward()
@@ -384,47 +398,46 @@ def load_teacher(path: Path, teacher: Teacher, task: Task) -> tuple[dict[str, An
     return blob["extra"].get("result", {}), blob["config"]["zskd"]["eval"]["max_examples"]
 
 
-def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+def check_config(cfg: DictConfig) -> None:
+    """The zskd settings that no config type can check (UsageError, before any work)."""
     z = cfg.zskd
-    recipe = str(z.recipe)
-    if recipe not in (*RECIPES, "none", "pretrain"):
-        raise UsageError(f"unknown zskd.recipe '{recipe}'; recipes: {', '.join(RECIPES)}, "
+    if str(z.recipe) not in (*RECIPES, "none", "pretrain"):
+        raise UsageError(f"unknown zskd.recipe '{z.recipe}'; recipes: {', '.join(RECIPES)}, "
                          "none (the teacher only), pretrain (task-agnostic student body)")
     if WORLD.size > 1:
         raise UsageError("zskd runs on one process (distributed.world_size=1)")
-    if recipe == "pretrain":
-        return run_pretrain(cfg, run_dir, stop)
-    task = get_task(str(z.task))
+    if z.recipe == "pretrain":
+        return
     if z.student.kd not in KD_KINDS:
         raise UsageError(f"unknown zskd.student.kd '{z.student.kd}'; one of "
                          f"{', '.join(KD_KINDS)}")
-    if not 0.0 <= float(z.ood.crop) <= 1.0 or (z.ood.crop and task.pair):
+    if not 0.0 <= float(z.ood.crop) <= 1.0 or (z.ood.crop and get_task(str(z.task)).pair):
         raise UsageError(f"zskd.ood.crop={z.ood.crop}: a probability in [0, 1], and 0 for "
                          "sentence-pair tasks (a span of one text would break the pair)")
-    data_dir = Path(cfg.paths.data_dir)
-    data = TaskData(task, data_dir, recipe)
-    eval_set = data.eval_examples(z.eval.max_examples)
-    tok = tokenizer()
-    inputs = Inputs(tok, task, z.max_len_pair if task.pair else z.max_len)
-    teacher = Teacher(task.labels)
-    if z.teacher_from:
-        t_scores, scored_on = load_teacher(Path(str(z.teacher_from)), teacher, task)
-        if scored_on != z.eval.max_examples:  # % of the teacher on the student's examples
-            t_scores = evaluate(teacher, inputs, eval_set, z.eval.batch)
-        log.info("teacher from %s: %s", z.teacher_from, t_scores)
-    else:
-        t_scores = run_stage(teacher_stage(cfg, teacher, data, inputs, eval_set),
-                             cfg, run_dir, stop)
-    freeze(teacher)
-    final: dict[str, Any] = {"task": task.name, "recipe": recipe, "teacher": t_scores,
-                             "teacher_params": teacher.size()}
-    if recipe == "none":
-        return final
 
-    s = z.student
-    V = tok.vocab_size
+
+def teacher_scores(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inputs,
+                   eval_set: list[Example], run_dir: RunDir, stop: StopFlag
+                   ) -> dict[str, Any]:
+    """Fine-tune the teacher (stage 1), or load it from `zskd.teacher_from`; its scores."""
+    z = cfg.zskd
+    if not z.teacher_from:
+        return run_stage(teacher_stage(cfg, teacher, data, inputs, eval_set), cfg, run_dir,
+                         stop)
+    scores, scored_on = load_teacher(Path(str(z.teacher_from)), teacher, data.task)
+    if scored_on != z.eval.max_examples:  # % of the teacher on the student's examples
+        scores = evaluate(teacher, inputs, eval_set, z.eval.batch)
+    log.info("teacher from %s: %s", z.teacher_from, scores)
+    return scores
+
+
+def build_student(cfg: DictConfig, teacher: Teacher, inputs: Inputs, V: int, pad: int
+                  ) -> Student:
+    """The student, its body from `zskd.student.init_from` or its word embedding fitted
+    to the teacher's."""
+    s, task = cfg.zskd.student, inputs.task
     student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
-                      inputs.max_len, s.dropout, tok.pad_token_id, task.pair and s.pair_features,
+                      inputs.max_len, s.dropout, pad, task.pair and s.pair_features,
                       task.pair and s.siamese, task.pair and s.cosine_scale or None)
     if s.init_from:
         steps = init_body(Path(str(s.init_from)), student)
@@ -433,29 +446,64 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
     log.info("%s; ratio %.1fx; embedding fit %s", describe(student),
              teacher.size() / student.size(), fit)
-    ood: list = []
-    lengths: list[int] = []
-    if recipe in ZERO_SHOT:
-        articles = text.ood_sentences(list(z.ood.files), data_dir)
-        ood = text.ood_pairs(articles, z.ood.pairs, cfg.seed) if task.pair else \
-            text.flatten(articles)
-        sents = text.flatten(articles)
-        lengths = [len(x) for x in tok(sents[: 2000], add_special_tokens=False)["input_ids"]]
-    adversary: GumbelMLM | NeighbourPGD | None = None
+    return student
+
+
+def ood_inputs(cfg: DictConfig, task: Task, tok: Any) -> tuple[list, list[int]]:  # noqa: ANN401
+    """The zero-shot recipes' out-of-domain text (sentences, or built pairs for pair
+    tasks) and the word-piece lengths of its sentences (for random tokens)."""
+    articles = text.ood_sentences(list(cfg.zskd.ood.files), Path(cfg.paths.data_dir))
+    sents = text.flatten(articles)
+    ood = text.ood_pairs(articles, cfg.zskd.ood.pairs, cfg.seed) if task.pair else sents
+    lengths = [len(x) for x in tok(sents[: 2000], add_special_tokens=False)["input_ids"]]
+    return ood, lengths
+
+
+def build_adversary(cfg: DictConfig, recipe: str, teacher: Teacher, inputs: Inputs,
+                    tok: Any, ood: list, run_dir: RunDir, stop: StopFlag  # noqa: ANN401
+                    ) -> GumbelMLM | NeighbourPGD | None:
+    """Recipe (5)'s generator, pre-trained on the out-of-domain text (stage 2), or (5b)'s
+    PGD over each word piece's nearest neighbours; None for the other recipes."""
+    z, s, V = cfg.zskd, cfg.zskd.student, tok.vocab_size
     if recipe == "adv_gumbel":
         g = z.gumbel
         gen = Generator(V, s.dim, g.layers, s.heads, s.ffn, s.rank, inputs.max_len,
                         s.dropout, tok.pad_token_id)
         gen.body.init_words(teacher.embedding_matrix(), s.init_steps)
         adversary = GumbelMLM(gen, g.lr, g.mask_prob, g.tau, g.mlm_weight, inputs.special,
-                              tok.mask_token_id, s.temperature, task.regression,
+                              tok.mask_token_id, s.temperature, inputs.task.regression,
                               inputs.allowed(V))
         run_stage(generator_stage(cfg, adversary, inputs, ood), cfg, run_dir, stop)
-    elif recipe == "adv_pgd":
+        return adversary
+    if recipe == "adv_pgd":
         p = z.pgd
         nb = nearest_neighbours(teacher.embedding_matrix(), p.k, inputs.allowed(V))
-        adversary = NeighbourPGD(nb, p.steps, p.alpha, p.eps, p.start, inputs.special,
-                                 s.temperature, task.regression)
+        return NeighbourPGD(nb, p.steps, p.alpha, p.eps, p.start, inputs.special,
+                            s.temperature, inputs.task.regression)
+    return None
+
+
+def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+    """The `zskd` recipe: teacher, then (unless recipe none) one student recipe."""
+    check_config(cfg)
+    z, recipe = cfg.zskd, str(cfg.zskd.recipe)
+    if recipe == "pretrain":
+        return run_pretrain(cfg, run_dir, stop)
+    task = get_task(str(z.task))
+    data = TaskData(task, Path(cfg.paths.data_dir), recipe)
+    eval_set = data.eval_examples(z.eval.max_examples)
+    tok = tokenizer()
+    inputs = Inputs(tok, task, z.max_len_pair if task.pair else z.max_len)
+    teacher = Teacher(task.labels)
+    t_scores = teacher_scores(cfg, teacher, data, inputs, eval_set, run_dir, stop)
+    freeze(teacher)
+    final: dict[str, Any] = {"task": task.name, "recipe": recipe, "teacher": t_scores,
+                             "teacher_params": teacher.size()}
+    if recipe == "none":
+        return final
+    student = build_student(cfg, teacher, inputs, tok.vocab_size, tok.pad_token_id)
+    ood, lengths = ood_inputs(cfg, task, tok) if recipe in ZERO_SHOT else ([], [])
+    adversary = build_adversary(cfg, recipe, teacher, inputs, tok, ood, run_dir, stop)
     result = run_stage(student_stage(cfg, recipe, teacher, student, data, inputs, eval_set,
                                      ood, lengths, adversary), cfg, run_dir, stop)
     final.update(student=result, student_params=student.size(),
@@ -466,4 +514,3 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
              result.get("primary"), final.get("pct_of_teacher", math.nan),
              t_scores.get("primary"))
     return final
-

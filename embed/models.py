@@ -7,6 +7,12 @@ output projection — is a compressor from `tdx.embed.compress`, chosen with
 model's under the same prefix (`embcomp_transformer_multi30k`, ...). The variants are made
 from fairseq's registry, so this package needs no import of another paper's package.
 
+The models give the fairseq engine its two hooks (tdx.fairseq_engine): `tdx_options` turns
+the experiment's `teacher` (a run folder or checkpoint) into the criterion's
+`--teacher-path`, and `tdx_prepare` fits the compressed embedding to the teacher's before a
+new run and, with `seq_kd_beam=N`, swaps the training targets for the teacher's beam-N
+translations (tdx.embed.seqkd).
+
 `embed_distill` is the fine-tuning loss of Distilled Embedding (Lioutas et al. 2020,
 Sec. 3.2): label-smoothed cross-entropy, plus word-level knowledge distillation on the
 teacher's output distribution (KL at temperature tau, scaled by tau^2), plus embedding
@@ -18,6 +24,7 @@ distillation (MSE between the reconstructed and the teacher's embedding vectors)
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +44,12 @@ from fairseq.models import (
 )
 from torch import Tensor, nn
 
+from tdx.distributed import rank_zero_first
+from tdx.embed import seqkd
 from tdx.embed.compress import METHODS, CompressedEmbedding, Quantized, build
+from tdx.errors import UsageError
+from tdx.progress import fmt
+from tdx.run import read_json
 
 log = logging.getLogger("tdx")
 
@@ -107,6 +119,35 @@ class CompressedEmbeddingMixin:
                             if args.embed_method == "distilled" else {})
         return model
 
+    @classmethod
+    def tdx_options(cls, cfg: Any) -> dict[str, Any]:
+        """Engine hook: the teacher's checkpoint for the `embed_distill` criterion, from
+        the experiment's `teacher=`; a bad teacher or `seq_kd_beam` is a UsageError."""
+        beam = cfg.get("seq_kd_beam", 0)
+        if beam != 0 and not (type(beam) is int and beam > 0 and cfg.get("teacher")):
+            raise UsageError(f"seq_kd_beam={beam}: sequence-level KD needs a positive beam "
+                             "size and a teacher= (0 turns it off)")
+        if not cfg.get("teacher"):
+            return {}
+        return {"teacher_path": str(teacher_checkpoint(Path(cfg.teacher)))}
+
+    def tdx_prepare(self, cfg: Any, task: Any, criterion: Any, run: Any) -> None:
+        """Engine hook, before training: a new run fits the compressed embedding to the
+        teacher's (step 2 of the recipe, Sec. 3.1), and `seq_kd_beam` trains on the
+        teacher's translations; the summary records the fit and the teacher."""
+        teacher = getattr(criterion, "teacher", None)
+        if not cfg.resume and teacher is None:
+            log.warning("no teacher: the compressed embedding starts from random values")
+        elif not cfg.resume:
+            fit = self.init_from_teacher(teacher, torch.tensor(task.tgt_dict.count))
+            path = Path(criterion.teacher_path)
+            scores = read_json(path.parent.parent / "summary.json").get("final", {})
+            run.update(compression=fit, teacher={"checkpoint": str(path), **{
+                k: v for k, v in scores.items() if k.startswith("bleu")}})
+            log.info("compressed embedding fitted to the teacher: %s", fmt(fit))
+        if cfg.get("seq_kd_beam", 0) != 0:
+            sequence_kd(cfg, task, teacher, Path(criterion.teacher_path), run)
+
     def init_from_teacher(self, teacher: nn.Module, counts: Tensor | None = None
                           ) -> dict[str, Any]:
         """Copy every non-embedding weight of the uncompressed teacher and fit the
@@ -131,6 +172,32 @@ class CompressedEmbeddingMixin:
                 "embedding_params_teacher": float(E.numel()), "embedding_params": size,
                 "model_params_teacher": float(sum(p.numel() for p in teacher.parameters())),
                 "model_params": model_params(self)}
+
+
+def teacher_checkpoint(path: Path) -> Path:
+    """A teacher given as a checkpoint file, or as a run folder: its averaged checkpoint
+    (the one its test scores came from) if there is one, else its best."""
+    if path.is_file():
+        return path.resolve()
+    for name in ("checkpoint_avg.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
+        if (path / "checkpoints" / name).is_file():
+            return (path / "checkpoints" / name).resolve()
+    raise UsageError(f"teacher={path} is neither a checkpoint file nor a run folder with "
+                     "checkpoints/checkpoint_{avg,best,last}.pt.")
+
+
+def sequence_kd(cfg: Any, task: Any, teacher: nn.Module | None, checkpoint: Path,
+                run: Any) -> None:
+    """Train on the teacher's beam translations of the training sources (Kim & Rush 2016;
+    tdx.embed.seqkd), decoded once by one rank and cached beside the teacher."""
+    if teacher is None or not hasattr(task, "train_data"):
+        raise UsageError("seq_kd_beam needs a teacher= and a tdx_translation task")
+    t = cfg.trainer
+    with rank_zero_first():  # one rank decodes, the others find the folder made
+        task.train_data = str(seqkd.prepare(
+            task, teacher, checkpoint, int(cfg.seq_kd_beam), t.max_len_a, t.max_len_b,
+            t.eval_batch_size))
+    run.update(seq_kd={"beam": int(cfg.seq_kd_beam), "train_data": task.train_data})
 
 
 def register_compressed(base: str) -> None:
@@ -167,9 +234,6 @@ def _with_embed_defaults(arch_fn: Callable[[Any], None]) -> Callable[[Any], None
             setattr(args, key, getattr(args, key, value))
         arch_fn(args)
     return arch
-
-
-register_all()
 
 
 # ---------------------------------------------------------------------------- criterion

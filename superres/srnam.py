@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tdx import distributed
-from tdx.config import UsageError
+from tdx.errors import UsageError
 from tdx.loop import Interrupted, Stage, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 from tdx.superres.images import (
@@ -493,8 +493,8 @@ def check_degradation_checkpoint(cfg: DictConfig, ckpt_dir: Path) -> None:
                         "sigmas %s, not the %s configured", path, camera,
                         list(cfg.srnam.hidden.sigma))
 
-def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
-    """The `srnam` recipe: the selected stages in order; returns the evaluation."""
+def check_config(cfg: DictConfig) -> None:
+    """The srnam settings that no config type can check (UsageError, before any work)."""
     sr = cfg.srnam
     unknown = [s for s in sr.stages if s not in STAGES]
     if unknown:
@@ -505,20 +505,48 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     if sr.degradation.init_sigma is not None and not sr.degradation.init_sigma > 0:
         raise UsageError(f"srnam.degradation.init_sigma={sr.degradation.init_sigma}: a blur "
                          "width in pixels, > 0 (or null for scale / 2)")
+
+
+def reuse_stages(cfg: DictConfig, run_dir: RunDir) -> None:
+    """Copy `srnam.init_from`'s finished stages into this run, except the selected ones and
+    those built on a retrained model (STAGES is in order); the summary names them."""
+    retrain = set(cfg.srnam.stages)
+    for st in STAGES:
+        if any(dep in retrain for dep, users in USERS.items() if st in users):
+            retrain.add(st)
+    reused = []
+    for st in STAGES:
+        src = Path(cfg.srnam.init_from) / "checkpoints" / f"{st}.pt"
+        dst = run_dir.ckpt_dir / f"{st}.pt"
+        if st not in retrain and src.exists():
+            reused.append(st)
+            if not dst.exists():
+                shutil.copyfile(src, dst)
+    run_dir.update(reused_stages=reused)  # for the report
+
+
+def learn_degradation(cfg: DictConfig, G: Generator, D: DegradationNet,
+                      g_images: list[Tensor], camera_images: list[Tensor], run_dir: RunDir,
+                      stop: StopFlag) -> dict[str, Any]:
+    """Stage 2: D's noise level estimated blind on the camera's photos, then D learned
+    NAM-style from their LR patches."""
+    sr = cfg.srnam
+    photos = camera_photos(cfg, camera_images)
+    noise = sr.degradation.noise_std  # of 255; null: blind estimate on the photos
+    if noise is None:
+        noise = 255 * float(torch.tensor([noise_level(p) for p in photos]).median())
+    D.noise_std.fill_(noise / 255)
+    lr_patches = realistic_patches(cfg, photos, sr.degradation.patches)
+    return run_stage(degradation_stage(cfg, G, D, lr_patches, g_images[: sr.eval.d_images]),
+                     cfg, run_dir, stop)
+
+
+def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
+    """The `srnam` recipe: the selected stages in order; returns the evaluation."""
+    check_config(cfg)
+    sr = cfg.srnam
     if sr.init_from:  # another run's finished stages are reused, except the selected ones
-        retrain = set(sr.stages)  # and those built on a retrained model (STAGES is in order)
-        for st in STAGES:
-            if any(dep in retrain for dep, users in USERS.items() if st in users):
-                retrain.add(st)
-        reused = []
-        for st in STAGES:
-            src = Path(sr.init_from) / "checkpoints" / f"{st}.pt"
-            dst = run_dir.ckpt_dir / f"{st}.pt"
-            if st not in retrain and src.exists():
-                reused.append(st)
-                if not dst.exists():
-                    shutil.copyfile(src, dst)
-        run_dir.update(reused_stages=reused)  # for the report
+        reuse_stages(cfg, run_dir)
     g_images, camera_images = t91(cfg)
     G = Generator(sr.z_dim, sr.patch, sr.width)
     check_degradation_checkpoint(cfg, run_dir.ckpt_dir)
@@ -535,15 +563,8 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         results["generator"] = run_stage(generator_stage(cfg, run_dir, G, g_images),
                                          cfg, run_dir, stop)
     if need("degradation"):
-        photos = camera_photos(cfg, camera_images)
-        noise = sr.degradation.noise_std  # of 255; null: blind estimate on the photos
-        if noise is None:
-            noise = 255 * float(torch.tensor([noise_level(p) for p in photos]).median())
-        D.noise_std.fill_(noise / 255)
-        lr_patches = realistic_patches(cfg, photos, sr.degradation.patches)
-        results["degradation"] = run_stage(
-            degradation_stage(cfg, G, D, lr_patches, g_images[: sr.eval.d_images]),
-            cfg, run_dir, stop)
+        results["degradation"] = learn_degradation(cfg, G, D, g_images, camera_images,
+                                                   run_dir, stop)
     for name, degrade in (("srcnn_bicubic", lambda x, _: bicubic_down_torch(x, sr.scale)),
                           ("srcnn_learned", D.sample)):
         if need(name):

@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdx.bench import median_time, targets_and_provenance
+from tdx.bench import int_list, median_time, positive, targets_and_provenance, write_outputs
+from tdx.errors import UsageError
 
 OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
 MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
@@ -205,7 +206,6 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
                   min_time_s: float = MIN_TIME_S,
                   ops: tuple[str, ...] = OPS, malloc: str = "reuse",
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
-    from tdx.config import UsageError
     from tdx.run import git_commit, machine_info
 
     if channels % heads:
@@ -231,6 +231,28 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
         "ratios": {str(T): ratios(r) for T, r in results.items()},
         "checks": checks(results),
     }
+
+
+def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, repeats: int,
+         min_time: float, ops: str, malloc: str, json_file: Path | None, md: Path | None,
+         plot_file: Path | None, command: str, progress: Callable[[str], None] = print) -> str:
+    """`tdx bench talk-op`: check the options, measure, write the files; the report."""
+    Ts = int_list(lengths, "--lengths")
+    chosen = tuple(o for o in ops.split(",") if o)
+    unknown = [o for o in chosen if o not in OPS]
+    if unknown or not chosen:
+        raise UsageError(f"Unknown operator(s) {unknown or [ops]}; choose from "
+                         f"{', '.join(OPS)}.")
+    positive(batch=batch, channels=channels, heads=heads, repeats=repeats)
+    if kmax < 0 or min_time < 0:
+        raise UsageError("--kmax and --min-time must be >= 0.")
+    res = run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen, malloc=malloc,
+                        min_time_s=min_time, progress=progress)
+    text = to_markdown(res, command)
+    write_outputs(res, text, command, json_file, md)
+    if plot_file:
+        plot(res, plot_file)
+    return text
 
 
 def _talk_kernel_built() -> bool:

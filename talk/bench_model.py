@@ -18,9 +18,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from tdx.bench import median_time
+from tdx.bench import int_list, median_time, positive, write_outputs
+from tdx.errors import UsageError
 
 MT_MODELS = {"talk": "talkconv_multi30k", "transformer": "transformer_multi30k",
              "lightconv": "lightconv_multi30k", "dynamicconv": "dynamicconv_multi30k"}
@@ -176,6 +178,23 @@ def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
             "machine": machine_info(), "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "results": res, "ratios": ratios,
             "checks": checks}
+
+
+def main(batch: int, length: int, lm_tokens: int, contexts: str, repeats: int, malloc: str,
+         json_file: Path | None, md: Path | None, command: str,
+         progress: Callable[[str], None] = print) -> str:
+    """`tdx bench talk-model`: check the options, measure, write the files; the report."""
+    from tdx.talk.bench import MALLOC
+
+    ctx = tuple(int_list(contexts, "--contexts"))
+    positive(batch=batch, length=length, lm_tokens=lm_tokens, repeats=repeats)
+    if malloc not in MALLOC:
+        raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
+    res = run_benchmark(batch, length, lm_tokens, ctx, repeats, malloc=malloc,
+                        progress=progress)
+    text = to_markdown(res, command)
+    write_outputs(res, text, command, json_file, md)
+    return text
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tdx.errors import UsageError
 from tdx.run import describe_machine, git_commit, machine_info
 
 CASES: dict[str, dict[str, Any]] = {
@@ -59,6 +60,36 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3,
         if time.perf_counter() - start > budget_s:
             break
     return statistics.median(times)
+
+
+def int_list(text: str, option: str) -> list[int]:
+    """'128,512' -> [128, 512]: a comma list of positive integers, else a UsageError
+    naming the command-line option."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} must be a comma list of positive integers, got '{text}'.")
+    return values
+
+
+def positive(**options: float) -> None:
+    """A UsageError naming the first of `options` (--name=value) that is below 1."""
+    for name, value in options.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+
+
+def write_outputs(res: dict[str, Any], text: str, command: str, json_file: Path | None,
+                  md: Path | None) -> None:
+    """A benchmark's results as JSON (with the command) and its markdown report, if asked."""
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({**res, "command": command}, indent=2) + "\n")
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text)
 
 
 def targets_and_provenance(report: dict[str, Any], command: str) -> list[str]:
@@ -115,6 +146,22 @@ def run_scaling(ranks: int = 2, updates: int = 40, cases: tuple[str, ...] = tupl
             "machine": machine_info(), "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
             "checks": {f"{n}_efficiency": r.get("efficiency") for n, r in results.items()}}
+
+
+def main(ranks: int, updates: int, cases: str, json_file: Path | None, md: Path | None,
+         command: str, progress: Callable[[str], None] = print) -> str:
+    """`tdx bench scaling`: check the options, measure, write the files; the report."""
+    chosen = tuple(c for c in cases.split(",") if c)
+    unknown = [c for c in chosen if c not in CASES]
+    if unknown or not chosen:
+        raise UsageError(f"Unknown case(s) {unknown or [cases]}; choose from "
+                         f"{', '.join(CASES)}.")
+    if ranks < 2 or updates < 10:
+        raise UsageError("--ranks must be >= 2 and --updates >= 10.")
+    res = run_scaling(ranks, updates, chosen, progress)
+    text = to_markdown(res, command)
+    write_outputs(res, text, command, json_file, md)
+    return text
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:

@@ -8,7 +8,6 @@ exits with code 2.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,29 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import tdx.conf
+from tdx import engines, plugins
+from tdx.errors import UsageError, did_you_mean
 
 CONF_DIR = Path(tdx.conf.__file__).resolve().parent
-ENGINES = ("fairseq", "loop")
 # ${abspath:rel} in configs: paths that end up inside checkpoints must not depend on cwd
 OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).resolve()), replace=True)
 
 
-class UsageError(Exception):
-    """A user mistake: printed as a message, exit code 2."""
+def conf_dirs() -> list[Path]:
+    """Where configs are found: conf/, then the user plugins' conf/ folders."""
+    return [CONF_DIR, *plugins.conf_dirs()]
+
+
+def searchpath() -> list[str]:
+    """The Hydra override that adds the user plugins' conf/ folders ([] if none)."""
+    extra = plugins.conf_dirs()
+    return [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra)}]"] if extra else []
 
 
 def experiments() -> dict[str, str]:
-    """{name: one-line description} for every conf/experiment/*.yaml."""
+    """{name: one-line description} for every experiment/*.yaml of the config dirs."""
     out = {}
-    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+    for path in sorted(p for d in conf_dirs() for p in (d / "experiment").glob("*.yaml")):
         desc = ""
         for line in path.read_text().splitlines():
             if line.startswith("description:"):
@@ -44,18 +51,13 @@ def data_options() -> list[str]:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def _close(word: str, options: list[str] | dict[str, Any]) -> str:
-    near = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(near)}?" if near else ""
+    return sorted({p.stem for d in conf_dirs() for p in (d / group).glob("*.yaml")})
 
 
 def check_experiment(name: str) -> None:
     known = experiments()
     if name not in known:
-        raise UsageError(f"Unknown experiment '{name}'.{_close(name, known)} "
+        raise UsageError(f"Unknown experiment '{name}'.{did_you_mean(name, known)} "
                          f"Available: {', '.join(known)} (see `tdx list`).")
 
 
@@ -88,7 +90,8 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("tdx", overrides=[f"experiment={name}", *(overrides or [])])
+        return hydra_compose("tdx", overrides=[f"experiment={name}", *searchpath(),
+                                               *(overrides or [])])
 
 
 def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -104,9 +107,8 @@ def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
 
 
 def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig:
-    """Validate an experiment + overrides; return the composed config (first sweep point)."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
+    """Validate an experiment + overrides; return the composed config (first sweep point).
+    The engine it names checks the rest (fairseq: its own option parser)."""
     check_experiment(name)
     parsed = parse_overrides(overrides)
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
@@ -115,18 +117,35 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
                          "to run one job per value, or give a single value.")
     user = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     base = compose(name)
+    cfg = _compose_user(name, base, user)
+    check_types(base, cfg, [o for o in user if not (o.is_add() or o.is_delete())])
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UsageError(f"'{name}' needs {', '.join(missing)}, which has no default: give it "
+                         f"on the command line ({missing[0]}=...); the comment next to it in "
+                         f"conf/experiment/{name}.yaml says what it is.")
+    check_runtime(name, cfg)
+    engines.get(cfg.engine).check(cfg)
+    return cfg
+
+
+def _compose_user(name: str, base: DictConfig, user: list[Any]) -> DictConfig:
+    """Compose with the user's overrides; Hydra's errors become one-paragraph UsageErrors
+    naming the bad override and the closest valid names."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
     try:
-        cfg = compose(name, [_first_value(o) for o in user])
+        return compose(name, [_first_value(o) for o in user])
     except MissingConfigException as e:
-        group = str(getattr(e, "missing_cfg_file", "") or "")
         bad = next((o for o in user if f"{o.key_or_group}/" in str(e)), None)
-        if bad is not None:
-            options = group_options(bad.key_or_group)
-            choice = _first_value(bad).split("=", 1)[1]
-            raise UsageError(
-                f"Unknown option '{choice}' for config group '{bad.key_or_group}'."
-                f"{_close(choice, options)} Options: {', '.join(options)}.") from None
-        raise UsageError(f"Config not found: {str(e).splitlines()[0]} {group}") from None
+        if bad is None:
+            raise UsageError(f"Config not found: {str(e).splitlines()[0]} "
+                             f"{getattr(e, 'missing_cfg_file', '') or ''}") from None
+        options = group_options(bad.key_or_group)
+        choice = _first_value(bad).split("=", 1)[1]
+        raise UsageError(
+            f"Unknown option '{choice}' for config group '{bad.key_or_group}'."
+            f"{did_you_mean(choice, options)} Options: {', '.join(options)}.") from None
     except ConfigCompositionException as e:
         msg = str(e).splitlines()[0]
         bad = next((o for o in user if f"'{o.key_or_group}'" in msg), None)
@@ -135,20 +154,14 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
                              "exists already: drop the + to change it (or use ++ to add or "
                              "change).") from None
         key = bad.key_or_group if bad is not None else msg
-        hint = _close(key, flat_keys(base))
         raise UsageError(f"Unknown config key '{key}' in override "
-                         f"'{bad.input_line if bad is not None else '?'}'.{hint} Use `tdx show "
-                         f"{name}` to see every key, or prefix the override with + to add "
-                         "a new key.") from None
-    check_types(base, cfg, [o for o in user if not (o.is_add() or o.is_delete())])
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise UsageError(f"'{name}' needs {', '.join(missing)}, which has no default: give it "
-                         f"on the command line ({missing[0]}=...); the comment next to it in "
-                         f"conf/experiment/{name}.yaml says what it is.")
-    if cfg.engine not in ENGINES:
-        raise UsageError(f"Unknown engine '{cfg.engine}'.{_close(cfg.engine, ENGINES)} "
-                         f"Engines: {', '.join(ENGINES)}.")
+                         f"'{bad.input_line if bad is not None else '?'}'."
+                         f"{did_you_mean(key, flat_keys(base))} Use `tdx show {name}` to see "
+                         "every key, or prefix the override with + to add a new key.") from None
+
+
+def check_runtime(name: str, cfg: DictConfig) -> None:
+    """Device and process-group settings this machine can honour."""
     if cfg.get("device", "cpu") not in ("cpu", "cuda"):
         raise UsageError(f"device={cfg.device}: use cpu or cuda.")
     if cfg.get("device") == "cuda":
@@ -161,10 +174,6 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
     if cfg.distributed.backend not in ("gloo", "nccl"):
         raise UsageError(f"distributed.backend={cfg.distributed.backend}: use gloo (CPU) or "
                          "nccl (GPUs).")
-    if cfg.engine == "fairseq":
-        from tdx.fairseq_engine import fairseq_argv, parse_fairseq
-        parse_fairseq(fairseq_argv(cfg, Path("checkpoints")))
-    return cfg
 
 
 def _kind(v: Any) -> str:
@@ -198,7 +207,7 @@ def check_types(base: DictConfig, cfg: DictConfig, overrides: list[Any]) -> None
 
 
 def group_options_all() -> set[str]:
-    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    return {p.name for d in conf_dirs() for p in d.iterdir() if p.is_dir()}
 
 
 def data_dir(cfg: DictConfig) -> Path:
@@ -225,3 +234,25 @@ def check_data(cfg: DictConfig) -> None:
             f"TDX_DATA_DIR is {'set to ' + env if env else 'not set'}). Put the files there "
             "or point TDX_DATA_DIR (or paths.data_dir=...) at the folder that holds them; "
             "`tdx data check` lists what every experiment needs.")
+
+
+def data_status(experiment: str | None = None, overrides: list[str] | None = None
+                ) -> tuple[Path, list[tuple[str, str, str]]]:
+    """`tdx data check`: the data dir, and (experiment or data option, file, status) rows
+    for one experiment or for every experiment and data option. A status is `present`,
+    `MISSING`, `optional` (a dataset the user supplies, only needed if used) or `none`
+    (the data is generated: no file)."""
+    if experiment:
+        cfgs = {experiment: check(experiment, overrides or [])}
+    else:  # only the data sections matter here: compose, without the full check
+        cfgs = {name: compose(name) for name in experiments()}
+        cfgs |= {f"data={opt}": compose(next(iter(experiments())), [f"data={opt}"])
+                 for opt in data_options()}
+    root = data_dir(next(iter(cfgs.values())))
+    rows = []
+    for name, cfg in cfgs.items():
+        optional = bool(OmegaConf.select(cfg, "data.meta.user_supplied", default=False))
+        rows += [(name, "", "none")] if not required_files(cfg) else []
+        rows += [(name, f, "present" if (root / f).exists() else
+                  "optional" if optional else "MISSING") for f in required_files(cfg)]
+    return root, rows

@@ -2,11 +2,21 @@
 
 fairseq owns the model, task, criterion, optimiser and `Trainer.train_step`; this loop owns
 what a run folder needs: progress, metrics.jsonl, periodic generation-based validation,
-atomic checkpoints, resume, Ctrl-C/SIGTERM, and divergence detection.
+atomic checkpoints, resume, Ctrl-C/SIGTERM, and divergence detection. A run goes through
+four steps: `build` (fairseq's objects), `restore` (a resumed run's checkpoint),
+`train_loop` (the updates) and `finish` (test, summary).
 
 The experiment config's `data`, `model` and `optim` sections (minus their `meta` keys) are
 turned into fairseq command-line arguments, so every fairseq option is reachable as an
 override (`model.encoder_layers=3`) and the same models run under plain `fairseq-train`.
+
+A registered fairseq model class may provide two hooks, which the engine calls for any
+model that has them (Distilled Embedding's `embcomp_` models do, tdx.embed.models):
+
+    tdx_options(cfg) -> dict                     classmethod: more fairseq options from the
+                                                 tdx config; raises UsageError before any work
+    tdx_prepare(cfg, task, criterion, run)       once model and criterion are built, before
+                                                 the Trainer (cfg.resume says if resuming)
 """
 
 from __future__ import annotations
@@ -14,29 +24,31 @@ from __future__ import annotations
 import io
 import logging
 import math
-import random
 import shutil
 import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tdx import seqkd
-from tdx.config import UsageError
-from tdx.distributed import WORLD, any_rank, checksum, gather, mean, rank_zero_first
+from tdx.distributed import WORLD, any_rank, checksum, gather, mean
+from tdx.engines import seed_everything
+from tdx.errors import Diverged, UsageError
 from tdx.progress import TrainProgress, fmt
-from tdx.run import RunDir, StopFlag, read_json
+from tdx.run import RunDir, StopFlag
 from tdx.seqeval import evaluate_generation
 
 log = logging.getLogger("tdx")
 PLUGIN_DIR = Path(__file__).resolve().parent / "tdx_fairseq"
 SECTIONS = ("data", "model", "optim")
+
+
+# ---------------------------------------------------------------- config -> fairseq
 
 
 def to_argv(options: dict[str, Any]) -> list[str]:
@@ -58,6 +70,14 @@ def to_argv(options: dict[str, Any]) -> list[str]:
     return argv
 
 
+def model_class(cfg: DictConfig) -> type | None:
+    """The fairseq model class registered for the config's `model.arch` (None if none)."""
+    import tdx.tdx_fairseq  # noqa: F401, I001 - registers every plugin's models
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    return ARCH_MODEL_REGISTRY.get(OmegaConf.select(cfg, "model.arch", default=None))
+
+
 def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
     """The full fairseq training command line for an experiment config."""
     options: dict[str, Any] = {}
@@ -65,13 +85,9 @@ def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
         part = OmegaConf.to_container(cfg[section], resolve=True) if section in cfg else {}
         options.update({k: v for k, v in part.items() if k != "meta"})
     positional = [str(options.pop("data_path"))] if "data_path" in options else []
+    if hasattr(cls := model_class(cfg), "tdx_options"):
+        options.update(cls.tdx_options(cfg))
     t = cfg.trainer
-    if cfg.get("teacher"):
-        options["teacher_path"] = str(teacher_checkpoint(Path(cfg.teacher)))
-    beam = cfg.get("seq_kd_beam", 0)
-    if beam != 0 and not (type(beam) is int and beam > 0 and cfg.get("teacher")):
-        raise UsageError(f"seq_kd_beam={beam}: sequence-level KD needs a positive beam size "
-                         "and a teacher= (0 turns it off)")
     options.update(
         user_dir=str(PLUGIN_DIR), seed=cfg.seed, cpu=cfg.get("device", "cpu") == "cpu",
         device_id=WORLD.local_rank, num_workers=0,
@@ -81,18 +97,6 @@ def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
         options.update(distributed_world_size=WORLD.size, distributed_rank=WORLD.rank,
                        distributed_backend=cfg.distributed.backend, ddp_backend="legacy_ddp")
     return positional + to_argv(options)
-
-
-def teacher_checkpoint(path: Path) -> Path:
-    """A teacher given as a checkpoint file, or as a run folder: its averaged checkpoint
-    (the one its test scores came from) if there is one, else its best."""
-    if path.is_file():
-        return path.resolve()
-    for name in ("checkpoint_avg.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
-        if (path / "checkpoints" / name).is_file():
-            return (path / "checkpoints" / name).resolve()
-    raise UsageError(f"teacher={path} is neither a checkpoint file nor a run folder with "
-                     "checkpoints/checkpoint_{avg,best,last}.pt.")
 
 
 @contextmanager
@@ -140,20 +144,93 @@ def parse_fairseq(argv: list[str]) -> Any:
         return convert_namespace_to_omegaconf(args)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def check(cfg: DictConfig) -> None:
+    """Engine interface: fairseq parses the options the config makes (UsageError if not)."""
+    parse_fairseq(fairseq_argv(cfg, Path("checkpoints")))
 
 
-class Diverged(RuntimeError):
-    pass
+# ---------------------------------------------------------------- one run
 
 
-def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
-    """Train, validate and test one fairseq model; returns the final status."""
+@dataclass
+class Session:
+    """One run being trained: fairseq's task and Trainer, and the loop's own state."""
+
+    cfg: DictConfig
+    run: RunDir
+    task: Any
+    trainer: Any
+    epoch_itr: Any = None
+    best: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    bar: Any = None
+
+    @property
+    def last(self) -> Path:
+        return self.run.ckpt_dir / "checkpoint_last.pt"
+
+    def save(self, path: Path | None = None) -> None:
+        """checkpoint_last.pt (default) or `path`, with the loop's state in it."""
+        path = path or self.last
+        state = {"train_iterator": iterator_state(self.epoch_itr), "tdx_best": self.best,
+                 "tdx_world_size": WORLD.size}
+        self.trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
+        self.trainer.save_checkpoint(str(path), state)  # rank 0 writes .tmp then renames
+        keep = self.cfg.trainer.average_last
+        if WORLD.master and path == self.last and keep:  # numbered copies: keep the last N
+            numbered = self.run.ckpt_dir / f"checkpoint{self.step}.pt"
+            shutil.copyfile(path, numbered.with_suffix(".pt.tmp"))
+            numbered.with_suffix(".pt.tmp").replace(numbered)
+            for old in numbered_checkpoints(self.run.ckpt_dir)[:-keep]:
+                old.unlink()
+
+    def validate(self) -> dict[str, Any]:
+        """Greedy decoding scores (rank 0) and the teacher-forced loss of the valid split;
+        checkpoint_best.pt follows `trainer.best_metric`."""
+        t = self.cfg.trainer
+        scores: dict[str, Any] = {}
+        if t.valid_generate and WORLD.master:  # decoding: rank 0 alone
+            scores = evaluate_generation(self.task, [self.trainer.model], "valid", beam=1,
+                                         max_sentences=t.valid_max_sentences,
+                                         batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
+                                         max_len_b=t.max_len_b)
+            scores.pop("sent_per_s")
+            scores.pop("bleu_signature")
+        scores["loss"] = valid_loss(self.trainer, self.task)  # base 2, per token (all ranks)
+        scores["loss_nats"] = round(scores["loss"] * math.log(2), 4)
+        if not WORLD.master:
+            return scores
+        self.run.log(self.step, "valid", scores)
+        key, higher = t.best_metric, t.best_mode == "max"
+        if not self.best or (scores[key] > self.best[key] if higher
+                             else scores[key] < self.best[key]):
+            self.best.clear()
+            self.best.update(scores, step=self.step)
+            self.save(self.run.ckpt_dir / "checkpoint_best.pt")
+        return scores
+
+    def after_update(self, out: dict[str, Any], samples: list[dict]) -> None:
+        """Log, show progress, validate and save after one update."""
+        t = self.cfg.trainer
+        self.step = self.trainer.get_num_updates()
+        loss = float(out.get("loss", math.nan))
+        if not math.isfinite(loss):
+            raise Diverged(f"loss is {loss} at update {self.step}")
+        if self.step % t.log_every == 0:
+            self.run.log(self.step, "train", {
+                "loss": round(loss, 4), "nll_loss": round(float(out.get("nll_loss", loss)), 4),
+                "lr": self.trainer.get_lr(), "epoch": self.epoch_itr.epoch})
+        tokens = mean(float(sum(x.get("ntokens", 0) for x in samples))) * WORLD.size
+        self.bar.update(self.step, tokens, "tok", loss=loss)
+        if self.step % t.valid_every == 0 or self.step >= t.max_update:
+            self.bar.message(f"[valid] step {self.step} " + fmt(self.validate()))
+        if self.step % t.save_every == 0 or self.step >= t.max_update:
+            self.save()
+
+
+def build(cfg: DictConfig, run: RunDir) -> Session:
+    """fairseq's task, model, criterion and Trainer for the config (step 1)."""
     from fairseq import tasks, utils
-    from fairseq.data.iterators import GroupedIterator
     from fairseq.trainer import Trainer
 
     warnings.filterwarnings(  # known, harmless, once per batch otherwise
@@ -162,161 +239,135 @@ def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
     utils.import_user_module(fcfg.common)
     seed_everything(cfg.seed)
     task = tasks.setup_task(fcfg.task)
-    t = cfg.trainer
-    for split in ("valid", t.test_split):
+    for split in ("valid", cfg.trainer.test_split):
         if split:
             task.load_dataset(split)
     model = task.build_model(fcfg.model)
     criterion = task.build_criterion(fcfg.criterion)
     n_params = sum(p.numel() for p in model.parameters())
-    if not cfg.resume and hasattr(model, "init_from_teacher"):
-        teacher = getattr(criterion, "teacher", None)
-        if teacher is None:
-            log.warning("no teacher: the compressed embedding starts from random values")
-        else:
-            fit = model.init_from_teacher(teacher, torch.tensor(task.tgt_dict.count))
-            path = Path(criterion.teacher_path)
-            scores = read_json(path.parent.parent / "summary.json").get("final", {})
-            run.update(compression=fit, teacher={"checkpoint": str(path), **{
-                k: v for k, v in scores.items() if k.startswith("bleu")}})
-            log.info("compressed embedding fitted to the teacher: %s", fmt(fit))
-    if cfg.get("seq_kd_beam", 0) != 0:
-        seq_kd(cfg, task, criterion, run)
-    trainer = Trainer(fcfg, task, model, criterion)
+    if hasattr(model, "tdx_prepare"):
+        model.tdx_prepare(cfg, task, criterion, run)
+    run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
+    log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
+    return Session(cfg, run, task, Trainer(fcfg, task, model, criterion))
 
-    last = run.ckpt_dir / "checkpoint_last.pt"
+
+def restore(s: Session) -> None:
+    """A resumed run's weights, optimiser, data position and best scores (step 2); a new
+    run starts at epoch 1."""
     extra: dict[str, Any] = {}
-    if cfg.resume:
-        if not last.exists():
-            raise FileNotFoundError(f"cannot resume: {last} does not exist")
-        extra = trainer.load_checkpoint(str(last)) or {}
-        run.truncate_metrics(trainer.get_num_updates())
-    epoch_itr = trainer.get_train_iterator(epoch=extra.get("train_iterator", {}).get("epoch", 1))
-    if "train_iterator" in extra:
-        state = dict(extra["train_iterator"])
+    if s.cfg.resume:
+        if not s.last.exists():
+            raise FileNotFoundError(f"cannot resume: {s.last} does not exist")
+        extra = s.trainer.load_checkpoint(str(s.last)) or {}
+        s.run.truncate_metrics(s.trainer.get_num_updates())
+    position = extra.get("train_iterator")
+    s.epoch_itr = s.trainer.get_train_iterator(epoch=(position or {}).get("epoch", 1))
+    if position is not None:
+        state = dict(position)
         saved_world = extra.get("tdx_world_size", 1)
         if saved_world != WORLD.size:  # batches are dealt round-robin to the ranks
             state["iterations_in_epoch"] = (state.get("iterations_in_epoch", 0)
                                             * saved_world // WORLD.size)
             log.info("resuming a %d-rank checkpoint with %d rank(s)", saved_world, WORLD.size)
-        epoch_itr.load_state_dict(state)
-    best: dict[str, Any] = extra.get("tdx_best", {})
-    key, mode = t.best_metric, t.best_mode
-    run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
-    log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
+        s.epoch_itr.load_state_dict(state)
+    s.best = extra.get("tdx_best", {})
+    s.step = s.trainer.get_num_updates()
 
-    def save(path: Path = last) -> None:
-        state = {"train_iterator": iterator_state(epoch_itr), "tdx_best": best,
-                 "tdx_world_size": WORLD.size}
-        trainer.consolidate_optimizer()  # sets the optimiser state fairseq will save
-        trainer.save_checkpoint(str(path), state)  # rank 0 writes .tmp then renames
-        if WORLD.master and path == last and t.average_last:  # numbered copies: keep N
-            numbered = run.ckpt_dir / f"checkpoint{step}.pt"
-            shutil.copyfile(path, numbered.with_suffix(".pt.tmp"))
-            numbered.with_suffix(".pt.tmp").replace(numbered)
-            for old in numbered_checkpoints(run.ckpt_dir)[:-t.average_last]:
-                old.unlink()
 
-    def validate(step: int) -> dict[str, Any]:
-        scores: dict[str, Any] = {}
-        if t.valid_generate and WORLD.master:  # decoding: rank 0 alone
-            scores = evaluate_generation(task, [trainer.model], "valid", beam=1,
-                                         max_sentences=t.valid_max_sentences,
-                                         batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
-                                         max_len_b=t.max_len_b)
-            scores.pop("sent_per_s")
-            scores.pop("bleu_signature")
-        scores["loss"] = valid_loss(trainer, task)  # base 2, per target token (all ranks)
-        scores["loss_nats"] = round(scores["loss"] * math.log(2), 4)
-        if not WORLD.master:
-            return scores
-        run.log(step, "valid", scores)
-        better = not best or (scores[key] > best[key] if mode == "max" else
-                              scores[key] < best[key])
-        if better:
-            best.clear()
-            best.update(scores, step=step)
-            save(run.ckpt_dir / "checkpoint_best.pt")
-        return scores
+def test_before(s: Session) -> None:
+    """`trainer.test_before`: score the test split before the first update (summary
+    `initial`), e.g. a compressed model before fine-tuning."""
+    t = s.cfg.trainer
+    if not (t.get("test_before") and t.test_split and not s.cfg.resume and WORLD.master):
+        return
+    initial = score(s.cfg, s.task, s.trainer.model)
+    initial.pop("bleu_signature", None)
+    s.run.log(s.step, "test_before", {k: v for k, v in initial.items() if "per_s" not in k})
+    s.run.update(initial=initial)
+    log.info("before training: %s", fmt(initial))
 
-    step = trainer.get_num_updates()
-    if t.get("test_before") and t.test_split and not cfg.resume and WORLD.master:
-        initial = score(cfg, task, trainer.model)
-        initial.pop("bleu_signature", None)
-        run.log(step, "test_before", {k: v for k, v in initial.items() if "per_s" not in k})
-        run.update(initial=initial)
-        log.info("before training: %s", fmt(initial))
-    bar = TrainProgress(t.max_update, start=step, log_every=t.log_every,
-                        description=cfg.name)
-    status = "completed"
+
+def train_loop(s: Session, stop: StopFlag) -> tuple[str, bool]:
+    """Update to `trainer.max_update` (or `max_epoch`, or a stop signal) (step 3);
+    returns the status and whether a signal stopped it."""
+    t = s.cfg.trainer
+    s.bar = TrainProgress(t.max_update, start=s.step, log_every=t.log_every,
+                          description=s.cfg.name)
     stopping = any_rank(bool(stop))  # acted on only when every rank agrees (see loop.py)
     try:
-        while step < t.max_update and not stopping:
-            itr = GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), t.get("update_freq", 1))
-            for samples in itr:
-                out = trainer.train_step(samples)
-                if out is None:  # OOM-skipped batch
-                    continue
-                step = trainer.get_num_updates()
-                loss = float(out.get("loss", math.nan))
-                if not math.isfinite(loss):
-                    raise Diverged(f"loss is {loss} at update {step}")
-                if step % t.log_every == 0:
-                    run.log(step, "train", {"loss": round(loss, 4),
-                                            "nll_loss": round(float(out.get("nll_loss", loss)), 4),
-                                            "lr": trainer.get_lr(), "epoch": epoch_itr.epoch})
-                tokens = mean(float(sum(x.get("ntokens", 0) for x in samples))) * WORLD.size
-                bar.update(step, tokens, "tok", loss=loss)
-                if step % t.valid_every == 0 or step >= t.max_update:
-                    scores = validate(step)
-                    bar.message(f"[valid] step {step} " + fmt(scores))
-                if step % t.save_every == 0 or step >= t.max_update:
-                    save()
-                stopping = any_rank(bool(stop))  # every rank stops at the same update
-                if step >= t.max_update or stopping:
-                    break
-            if not itr.has_next() and step < t.max_update:
-                if t.max_epoch and epoch_itr.epoch >= t.max_epoch:
-                    if step % t.valid_every:  # the last epoch's model is validated and saved
-                        validate(step)
-                    save()
-                    break
-                epoch_itr = trainer.get_train_iterator(epoch_itr.next_epoch_idx)
+        while s.step < t.max_update and not stopping:
+            stopping, epoch_done = _epoch(s, stop)
+            if epoch_done and s.step < t.max_update and _last_epoch(s):
+                break
     except (Diverged, FloatingPointError) as e:
-        status = "diverged"
-        bar.message(f"[red]diverged:[/red] {e}")
-        run.update(error=str(e))
+        s.bar.message(f"[red]diverged:[/red] {e}")
+        s.run.update(error=str(e))
+        return "diverged", stopping
     finally:
-        bar.close()
+        s.bar.close()
+    return "completed", stopping
 
-    sums = gather(checksum(trainer.get_model()))
-    run.update(param_checksums=sums)  # one per rank: equal if the ranks stayed in step
+
+def _epoch(s: Session, stop: StopFlag) -> tuple[bool, bool]:
+    """The updates of (the rest of) one epoch; (stopping, every batch of it was used)."""
+    from fairseq.data.iterators import GroupedIterator
+
+    t = s.cfg.trainer
+    itr = GroupedIterator(s.epoch_itr.next_epoch_itr(shuffle=True), t.get("update_freq", 1))
+    for samples in itr:
+        out = s.trainer.train_step(samples)
+        if out is None:  # OOM-skipped batch
+            continue
+        s.after_update(out, samples)
+        stopping = any_rank(bool(stop))  # every rank stops at the same update
+        if s.step >= t.max_update or stopping:
+            return stopping, not itr.has_next()
+    return False, not itr.has_next()
+
+
+def _last_epoch(s: Session) -> bool:
+    """At the end of an epoch: True if it was `trainer.max_epoch` (validated and saved),
+    else moves on to the next epoch."""
+    t = s.cfg.trainer
+    if t.max_epoch and s.epoch_itr.epoch >= t.max_epoch:
+        if s.step % t.valid_every:  # the last epoch's model is validated and saved
+            s.validate()
+        s.save()
+        return True
+    s.epoch_itr = s.trainer.get_train_iterator(s.epoch_itr.next_epoch_idx)
+    return False
+
+
+def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
+    """Interrupted: save and say how to resume; diverged: record it; completed: test the
+    model and write the final scores (step 4)."""
+    s.run.update(param_checksums=gather(checksum(s.trainer.get_model())))  # one per rank
     if stopping and status == "completed":
         stop.signum = stop.signum or signal.SIGTERM
-        save()
-        run.finish("interrupted", step=step, best=best, rate_tok_s=round(bar.rate))
-        log.warning("interrupted at update %d; resume with resume=%s", step, run.path)
+        s.save()
+        s.run.finish("interrupted", step=s.step, best=s.best, rate_tok_s=round(s.bar.rate))
+        log.warning("interrupted at update %d; resume with resume=%s", s.step, s.run.path)
         return "interrupted"
     if status == "diverged":
-        run.finish("diverged", step=step, best=best)
+        s.run.finish("diverged", step=s.step, best=s.best)
         return status
-
-    final = test(cfg, task, trainer, run) if WORLD.master else {}
-    run.finish("completed", step=step, best=best, final=final, rate_tok_s=round(bar.rate))
+    final = test(s.cfg, s.task, s.trainer, s.run) if WORLD.master else {}
+    s.run.finish("completed", step=s.step, best=s.best, final=final,
+                 rate_tok_s=round(s.bar.rate))
     return status
 
 
-def seq_kd(cfg: DictConfig, task: Any, criterion: Any, run: RunDir) -> None:
-    """Train on the teacher's beam translations of the training sources (tdx.seqkd)."""
-    teacher = getattr(criterion, "teacher", None)
-    if teacher is None or not hasattr(task, "train_data"):
-        raise UsageError("seq_kd_beam needs a teacher= and a tdx_translation task")
-    t = cfg.trainer
-    with rank_zero_first():  # one rank decodes, the others find the folder made
-        task.train_data = str(seqkd.prepare(
-            task, teacher, Path(criterion.teacher_path), int(cfg.seq_kd_beam), t.max_len_a,
-            t.max_len_b, t.eval_batch_size))
-    run.update(seq_kd={"beam": int(cfg.seq_kd_beam), "train_data": task.train_data})
+def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
+    """Engine interface: train, validate and test one fairseq model; the final status."""
+    s = build(cfg, run)
+    restore(s)
+    test_before(s)
+    status, stopping = train_loop(s, stop)
+    return finish(s, status, stopping, stop)
+
+
+# ---------------------------------------------------------------- checkpoints and scores
 
 
 def iterator_state(epoch_itr: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The plain-PyTorch engine: one small training loop for every recipe that is not a
-fairseq sequence model (SR-NAM, zero-shot KD).
+fairseq sequence model (SR-NAM's and zero-shot KD's, for instance).
 
-A recipe is a function `run(cfg, run_dir, stop) -> status` named by `cfg.recipe`
+A recipe is a function `run(cfg, run_dir, stop) -> final scores` named by `cfg.recipe`
 ("module:function"). It builds its models and calls `run_stage` once per stage; this
 module owns what every stage needs: progress, metrics.jsonl lines (split "<stage>/train"
 and "<stage>/valid"), periodic evaluation, atomic checkpoints that carry the config,
@@ -15,9 +15,9 @@ when it is done) hold only tensors, numbers and strings, so `torch.load` reads t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import math
-import random
 import signal
 import zlib
 from collections.abc import Callable
@@ -29,32 +29,46 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tdx.config import UsageError
+from tdx import plugins
 from tdx.distributed import WORLD, any_rank, checksum, gather, unwrap
+from tdx.engines import seed_everything
+from tdx.errors import Diverged, UsageError
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
 
 
-class Diverged(RuntimeError):
-    pass
-
-
 class Interrupted(Exception):
     """Raised by `run_stage` after it saved the stage on Ctrl-C / SIGTERM."""
 
 
-def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
-    """Engine entry point (`engine: loop`): call the recipe, map exceptions to statuses."""
-    module, _, name = str(cfg.recipe).partition(":")
+def _recipe_module(cfg: DictConfig) -> tuple[str, str]:
+    """('package.module', 'function') of `cfg.recipe`, the module known to exist."""
+    plugins.load()  # a user plugin's folder joins sys.path
+    module, _, name = str(cfg.get("recipe") or "").partition(":")
     try:
-        recipe = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UsageError(f"recipe '{cfg.recipe}' not found ({e}); it must be "
-                         "'package.module:function'.") from None
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+        found = bool(module and name) and importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise UsageError(f"recipe '{cfg.get('recipe')}' not found: the loop engine needs "
+                         "`recipe: package.module:function`, an importable module.")
+    return module, name
+
+
+def check(cfg: DictConfig) -> None:
+    """Engine interface: the recipe's module exists (imported only when training)."""
+    _recipe_module(cfg)
+
+
+def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
+    """Engine interface (`engine: loop`): call the recipe, map exceptions to statuses."""
+    module, name = _recipe_module(cfg)
+    recipe = getattr(importlib.import_module(module), name, None)
+    if not callable(recipe):
+        raise UsageError(f"recipe '{cfg.recipe}': {module} has no function '{name}'.")
+    seed_everything(cfg.seed)
     try:
         final = recipe(cfg, run, stop)
     except Interrupted:
@@ -131,6 +145,19 @@ def load_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     return blob
 
 
+def _resume_stage(stage: Stage, last: Path, run: RunDir) -> int:
+    """The update an interrupted stage stopped at (0 if none), its state loaded."""
+    if not last.exists():
+        return 0
+    blob = load_state(last, stage.state)
+    start = int(blob["step"])
+    torch.set_rng_state(blob["rng"])
+    stage.extra.update(blob.get("extra", {}))
+    run.truncate_metrics(start, prefix=f"{stage.name}/")
+    log.info("stage %s: resumed at update %d", stage.name, start)
+    return start
+
+
 def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dict[str, Any]:
     """Train one stage to `stage.steps` updates (or load it if already done); returns its
     last evaluation (or the last train metrics)."""
@@ -141,14 +168,7 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
         stage.extra.update(blob.get("extra", {}))
         log.info("stage %s: already trained, loaded %s", stage.name, done.name)
         return blob["extra"].get("result", {})
-    start = 0
-    if last.exists():
-        blob = load_state(last, stage.state)
-        start = int(blob["step"])
-        torch.set_rng_state(blob["rng"])
-        stage.extra.update(blob.get("extra", {}))
-        run.truncate_metrics(start, prefix=f"{stage.name}/")
-        log.info("stage %s: resumed at update %d", stage.name, start)
+    start = _resume_stage(stage, last, run)
     bar = TrainProgress(stage.steps, start=start, log_every=t.log_every,
                         description=stage.name)
     result: dict[str, Any] = {}

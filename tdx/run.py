@@ -216,6 +216,19 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """One run's summary as (field, value) rows: what a researcher reads first."""
+    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = [("status", s.get("status")), ("model", s.get("model")),
+            ("parameters", f"{s['params']:,}" if "params" in s else None),
+            ("updates", s.get("step")), ("wall time", f"{s.get('wall_time_s', 0):.0f} s")]
+    rows += [(f"test {k}", v) for k, v in s.get("final", {}).items()]
+    rows += [("best valid " + k, v) for k, v in s.get("best", {}).items()
+             if k in ("exact_match", "bleu", "step")]
+    rows += [("error", s.get("error"))] if s.get("error") else []
+    return [(k, show(v)) for k, v in rows if v is not None]
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():

@@ -18,8 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tdx import distributed
-from tdx.config import CONF_DIR, UsageError, check, check_data
+from tdx import distributed, engines
+from tdx.config import CONF_DIR, check, check_data, searchpath
+from tdx.errors import UsageError
 from tdx.run import RunDir, catch_stop_signals, read_json
 
 log = logging.getLogger("tdx")
@@ -28,16 +29,6 @@ log = logging.getLogger("tdx")
 class SweepStopped(BaseException):
     """Raised by `run_job` after a job that Ctrl-C or SIGTERM stopped, so that a sweep ends
     there instead of starting its next job (Hydra's launchers catch Exception only)."""
-
-
-def engine(name: str) -> Any:
-    if name == "fairseq":
-        from tdx.fairseq_engine import train
-        return train
-    if name == "loop":
-        from tdx.loop import train
-        return train
-    raise UsageError(f"unknown engine {name!r}")
 
 
 def run_job(cfg: DictConfig) -> str:
@@ -64,7 +55,7 @@ def run_job(cfg: DictConfig) -> str:
             return run_ranks(cfg, run)
         run.update(world_size=distributed.WORLD.size)
         with catch_stop_signals() as stop:
-            status = engine(cfg.engine)(cfg, run, stop)
+            status = engines.get(cfg.engine).train(cfg, run, stop)
         stopped = bool(stop)
     except UsageError as e:  # bad input found inside the job (e.g. an unusable image)
         run.finish("failed", error=str(e), usage_error=True)
@@ -157,7 +148,7 @@ def rank_worker(local_rank: int, cfg_dict: dict, run_path: str, init_method: str
     run.attach()
     try:
         with catch_stop_signals() as stop:
-            engine(cfg.engine)(cfg, run, stop)
+            engines.get(cfg.engine).train(cfg, run, stop)
     except BaseException as e:  # distributed.launch leaves the group and reports it
         run.finish("failed", error=f"rank {rank}: {type(e).__name__}: {e}")
         raise
@@ -169,7 +160,7 @@ def _hydra_main(argv: list[str]) -> None:
     main = hydra.main(config_path=str(CONF_DIR), config_name="tdx", version_base="1.3")(
         run_job)
     saved = sys.argv
-    sys.argv = ["tdx", *argv]
+    sys.argv = ["tdx", *argv, *searchpath()]
     try:
         main()
     finally:
@@ -244,3 +235,14 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
 
 def statuses(folders: list[Path]) -> list[str]:
     return [read_json(f / "summary.json").get("status", "failed") for f in folders]
+
+
+def exit_code(folders: list[Path]) -> int:
+    """`tdx train`'s exit code: 0 every job completed, 1 a job failed or diverged, 2 one
+    job stopped by bad input it found, 130 interrupted."""
+    st = statuses(folders)
+    if "interrupted" in st:
+        return 130
+    if len(folders) == 1 and read_json(folders[0] / "summary.json").get("usage_error"):
+        return 2
+    return 0 if all(s == "completed" for s in st) else 1

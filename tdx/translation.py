@@ -32,7 +32,7 @@ class TdxTranslationConfig(TranslationConfig):
 @register_task("tdx_translation", dataclass=TdxTranslationConfig)
 class TdxTranslationTask(TranslationTask):
     bleu_tokenize = "13a"  # sacreBLEU's default, on detokenised text
-    train_data: str | None = None  # another folder for the train split (tdx.seqkd)
+    train_data: str | None = None  # another folder for the train split (tdx.embed.seqkd)
 
     @classmethod
     def setup_task(cls, cfg: TdxTranslationConfig, **kwargs) -> "TdxTranslationTask":  # noqa: ANN003

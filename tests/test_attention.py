@@ -19,6 +19,9 @@ from tdx.attention.core import (
     luong,
     sparsemax,
 )
+from tdx.report import report
+
+from .test_report import fixture_runs
 
 torch.manual_seed(0)
 
@@ -151,3 +154,13 @@ def test_decoder_attention_adapter_matches_fairseq_interface():
     assert out.shape == (B, H) and w.shape == (S, B)
     torch.testing.assert_close(w.sum(0), torch.ones(B))
     assert (w[3:, 1] == 0).all()
+
+
+def test_copy_preset_orders_by_attention_and_counts_updates(tmp_path):
+    root = fixture_runs(tmp_path)
+    md = report([root], fmt="md", preset="copy")
+    body = md.splitlines()[2:]
+    assert body[0].startswith("| lstm") and body[1].startswith("| transformer")
+    assert "not reached (0/2)" in body[0]
+    assert "150 ± 71" in body[1]  # 90% reached at 200 and at 100 updates
+    assert "97.0 ± 2.8" in body[1]

@@ -4,7 +4,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tdx.config import UsageError, check, compose, experiments
+from tdx.config import check, compose, experiments
+from tdx.errors import UsageError
 
 from .conftest import REPO, tdx
 

@@ -3,16 +3,18 @@ against hand-computed values, gradient through the Gumbel-softmax token choices,
 short run of the teacher stage and of every student recipe."""
 
 import gzip
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tdx.config import UsageError
 from tdx.distill import tasks, text
 from tdx.distill.losses import ClassBalance, kd_loss, label_loss
 from tdx.distill.zskd import TaskData
+from tdx.errors import UsageError
 from tdx.loop import ema_update
 
 from .conftest import only_run, summary, tdx
@@ -431,3 +433,169 @@ def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
     bad = tdx("train", "zskd", "zskd.recipe=pretrain", f"zskd.teacher_from={runs}/student",
               *FAST, f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "un-fine-tuned teacher" in bad.stdout + bad.stderr
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_zskd_targets_from_hand_numbers():
+    from tdx.distill.report import zskd_targets
+
+    scores = {"sst2": {"random": (50.0, 56.0), "ood": (65.0, 74.0),
+                       "adv_gumbel": (80.0, 91.0), "adv_pgd": (66.0, 75.0)},
+              "mr": {"random": (52.0, 60.0), "ood": (51.0, 59.0),
+                     "adv_gumbel": (64.0, 74.0), "adv_pgd": (52.5, 61.0)}}
+    lines = zskd_targets(scores)
+    assert lines[0] == "Targets, from the 2 task(s) above (mr, sst2):"
+    assert "(5) >= 75% of the teacher on every task: MISSED (lowest 74.0% on mr)" in lines
+    assert "(5) >= 90% of the teacher on SST-2: met (91.0%)" in lines
+    assert "(5) - (4), mean over 2 task(s): +14.00 points (target >= +1: met)" in lines
+    assert "(5b) - (4), mean over 2 task(s): +1.25 points (target >= +1: met)" in lines
+    assert "(5b) >= 90% of the teacher on SST-2: MISSED (75.0%)" in lines
+    assert lines[-1] == ("(4) - (3), mean over 2 task(s): +7.00 points; (4) > (3) on 1 of 2 "
+                         "(not on mr): MISSED")
+
+
+def test_zskd_table_ends_with_the_mean_over_tasks(tmp_path):
+    from tdx.distill.report import zskd_table
+    from tdx.report import Run
+
+    def student(task, teacher, recipe, score, pct):
+        final = {"task": task, "recipe": recipe, "teacher": {"acc": teacher, "primary": teacher},
+                 "student": {"primary": score}, "pct_of_teacher": pct,
+                 "teacher_params": 22_700_000, "student_params": 730_000, "compression": 31.1}
+        return Run(tmp_path, {"final": final}, {}, {})
+
+    runs = [student("sst2", 88.0, "ood", 66.0, 75.0), student("sst2", 88.0, "adv_pgd", 70.0, 79.5),
+            student("mr", 84.0, "ood", 60.0, 71.4), student("mr", 84.0, "adv_pgd", 64.0, 76.2)]
+    headers, rows = zskd_table(runs)
+    assert [r[0] for r in rows] == ["mr", "sst2", "mean (2 tasks)"]
+    mean = dict(zip(headers, rows[-1], strict=True))
+    assert mean["Teacher"] == "86.00" and mean["(1) task labels"] == "-"
+    assert mean["(4) ZS out-of-domain"] == "63.0 (73.2%)"
+    assert mean["(5b) ZS + adv. PGD"] == "67.0 (77.8%)"
+    assert zskd_table(runs[:2])[1][-1][0] == "sst2"  # one task: no mean row
+
+
+def test_zskd_ablation_runs_get_their_own_column(tmp_path):
+    """A run that changed a setting the others did not (zskd.pgd.steps=0) is a column of
+    its own, next to its recipe, and is neither averaged into it nor counted by the
+    targets; settings every run shares (a budget) make no column."""
+    from tdx.distill.report import _zskd_scores, zskd_table, zskd_targets
+    from tdx.report import Run
+
+    def student(recipe, score, task="sst2", **extra):
+        final = {"task": task, "recipe": recipe, "teacher": {"acc": 88.0, "primary": 88.0},
+                 "student": {"primary": score}, "pct_of_teacher": round(score / 0.88, 1),
+                 "teacher_params": 22_700_000, "student_params": 730_000, "compression": 31.1}
+        ov = {"zskd.task": task, "zskd.recipe": recipe, "zskd.student.steps": "600", **extra}
+        return Run(tmp_path, {"final": final}, {}, ov)
+
+    runs = [student("ood", 71.0), student("adv_pgd", 75.0),
+            student("adv_pgd", 72.0, **{"zskd.pgd.steps": "0"})]
+    headers, rows = zskd_table(runs)
+    cells = dict(zip(headers, rows[0], strict=True))
+    assert cells["(5b) ZS + adv. PGD"] == "75.0 (85.2%)"
+    assert cells["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%)"
+    assert headers.index("(5b) ZS + adv. PGD [zskd.pgd.steps=0]") == \
+        headers.index("(5b) ZS + adv. PGD") + 1
+    assert not any("steps=600" in h for h in headers)
+    assert "(5b) - (4), mean over 1 task(s): +4.00 points (target >= +1: met)" in \
+        zskd_targets(_zskd_scores(runs))
+    # a second task without the ablation: its mean says it covers 1 of the 2 tasks
+    runs += [student("ood", 70.0, task="cr"), student("adv_pgd", 73.0, task="cr")]
+    headers, rows = zskd_table(runs)
+    mean = dict(zip(headers, rows[-1], strict=True))
+    assert mean["(5b) ZS + adv. PGD"] == "74.0 (84.1%)"
+    assert mean["(5b) ZS + adv. PGD [zskd.pgd.steps=0]"] == "72.0 (81.8%) [1 of 2 tasks]"
+
+
+def test_a_setting_every_run_of_a_task_shares_is_that_tasks_protocol(tmp_path):
+    """STS-B's runs all Siamese, MRPC's not: STS-B's recipes stay in the recipe columns
+    (the targets count them) and the notes name the setting; a second MRPC run that only
+    it changed is still a variant."""
+    from tdx.distill.report import _zskd_scores, zskd_notes, zskd_table, zskd_targets
+    from tdx.report import Run
+
+    def student(task, recipe, score, **extra):
+        final = {"task": task, "recipe": recipe, "teacher": {"primary": 80.0},
+                 "student": {"primary": score}, "pct_of_teacher": score / 0.8,
+                 "teacher_params": 22_700_000, "student_params": 790_000, "compression": 28.9}
+        ov = {"zskd.task": task, "zskd.recipe": recipe, "zskd.student.init_from": "/p", **extra}
+        return Run(tmp_path, {"final": final}, {}, ov)
+
+    siamese = {"zskd.student.siamese": "true"}
+    runs = [student("stsb", "ood", 64.0, **siamese), student("stsb", "adv_pgd", 66.0, **siamese),
+            student("mrpc", "ood", 72.0), student("mrpc", "adv_pgd", 70.0),
+            student("mrpc", "adv_pgd", 71.0, **{"zskd.student.balance": "true"})]
+    headers, rows = zskd_table(runs)
+    assert [h for h in headers if "[" in h] == \
+        ["(5b) ZS + adv. PGD [zskd.student.balance=true]"]
+    cells = dict(zip(headers, rows[1], strict=True))
+    assert rows[1][0] == "stsb" and cells["(5b) ZS + adv. PGD"] == "66.0 (82.5%)"
+    notes = zskd_notes(runs)
+    assert "Settings of one task (every recipe in its row): stsb: " \
+           "zskd.student.siamese=true." in notes
+    assert "init_from" not in notes.split("Settings of one task")[1].split("\n")[0]
+    assert "(5b) - (4), mean over 2 task(s): +0.00 points (target >= +1: MISSED)" in \
+        zskd_targets(_zskd_scores(runs))
+
+
+def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
+    """Hydra's multirun records `x=True` for the command line's `x=true`: one column."""
+    from tdx.distill.report import zskd_table
+    from tdx.report import collect
+
+    for name, spelt in (("multi", "True"), ("single", "true")):
+        d = tmp_path / name
+        d.mkdir()
+        recipe = "ood" if name == "multi" else "adv_pgd"
+        (d / "summary.json").write_text(json.dumps({"final": {
+            "task": "stsb", "recipe": recipe, "teacher": {"primary": 85.0},
+            "student": {"primary": 64.0}, "pct_of_teacher": 75.3,
+            "teacher_params": 22_700_000, "student_params": 720_000, "compression": 31.5}}))
+        (d / "overrides.yaml").write_text(yaml.safe_dump(
+            ["zskd.task=stsb", f"zskd.student.siamese={spelt}", f"zskd.recipe={recipe}"]))
+    runs = collect([tmp_path])
+    assert {r.overrides["zskd.student.siamese"] for r in runs} == {"true"}
+    headers, _ = zskd_table(runs)
+    assert not any("siamese" in h for h in headers)  # a shared setting, no variant column
+
+
+def test_zskd_budgets_come_from_the_student_runs(tmp_path):
+    """A teacher-only run's config carries the default student budget, which it never
+    used: the notes state only the budgets the students trained with."""
+    from tdx.distill.report import zskd_notes
+    from tdx.report import Run
+
+    def run(recipe, student_steps, final=None, path=tmp_path, seed=1):
+        config = {"seed": seed, "zskd": {"teacher": {"steps": 600, "batch": 32},
+                                      "student": {"steps": student_steps, "batch": 32},
+                                      "gumbel": {"pretrain_steps": 300}}}
+        return Run(path, {"final": {"task": "sst2", "recipe": recipe, **(final or {})}},
+                   config, {})
+
+    student = {"teacher": {"acc": 88.0, "primary": 88.0}, "student": {"primary": 75.0},
+               "pct_of_teacher": 85.2}
+    notes = zskd_notes([run("none", 600), run("ood", 3000, student)])
+    assert "every student 3000 updates x 32" in notes
+    assert "every student 600 updates" not in notes
+    assert "every student 600 updates x 32" in zskd_notes([run("none", 600)])
+    # students of two budgets: a line each, saying which runs it covers
+    mixed = zskd_notes([run("ood", 3000, student, tmp_path / "long" / "ood"),
+                        run("ood", 600, student, tmp_path / "short" / "ood"),
+                        run("adv_pgd", 600, student, tmp_path / "short" / "pgd")])
+    assert "Budgets of `long/ood`: teacher 600 updates x 32; every student 3000" in mixed
+    assert "Budgets of `short/ood`, `short/pgd`: teacher 600 updates x 32; every " \
+        "student 600" in mixed
+    assert "Budgets:" not in mixed
+    # runs that differ only in their seed share a line, which names the seeds
+    seeds = zskd_notes([run("ood", 3000, student, tmp_path / "s1" / "ood"),
+                        run("ood", 3000, student, tmp_path / "s2" / "ood", seed=2),
+                        run("adv_pgd", 3000, student, tmp_path / "s2" / "pgd", seed=2)])
+    assert seeds.count("Budgets") == 1
+    assert "pre-trained 300 updates); seeds 1, 2." in seeds
+    seeds = zskd_notes([run("ood", 3000, student, tmp_path / "s2" / "ood", seed=2),
+                        run("ood", 600, student, tmp_path / "s1" / "ood")])
+    assert "Budgets of `s1/ood`: " in seeds and "); seed 1." in seeds
+    assert "Budgets of `s2/ood`: " in seeds and "); seed 2." in seeds

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from tdx.embed.compress import GroupReduce, LowRank, Quantized, build, rank_for_rate
 from tdx.embed.models import word_kd
+from tdx.report import report
+from tdx.run import RunDir
 
 from .conftest import TINY_MT, only_run, summary, tdx
 
@@ -154,7 +156,8 @@ def test_seq_kd_trains_on_the_teachers_translations_in_order(tiny_teacher, tmp_p
     from fairseq import checkpoint_utils, tasks
     from fairseq.data import data_utils
 
-    from tdx.fairseq_engine import parse_fairseq, teacher_checkpoint
+    from tdx.embed.models import teacher_checkpoint
+    from tdx.fairseq_engine import parse_fairseq
     from tdx.seqeval import generate
 
     teacher, data = tiny_teacher
@@ -220,3 +223,125 @@ def test_distilled_starts_at_the_svd_with_the_svd_gradient_on_V(E):
         (emb.weight * G).sum().backward()
     torch.testing.assert_close(dist.V.grad, svd.V.grad, atol=1e-4, rtol=1e-4)
     assert "m" in dist.state_dict()  # the offsets travel with the checkpoint
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_embed_table_states_teacher_budget_and_targets(tmp_path):
+    """The embed table's notes: the teacher (its updates read from its run folder), the
+    fine-tuning budget and losses, and the targets from the rows above, one block per
+    fine-tuning recipe; runs of different recipes are never pooled as seeds of a row."""
+    teacher = RunDir(tmp_path / "teacher")  # trained on by a resume with a longer budget
+    teacher.start(1, "talk-mt", command="tdx train talk-mt u=750")
+    teacher.start(1, "talk-mt", resumed=True, command="tdx train talk-mt u=1500 resume=t")
+    teacher.finish("completed", step=1500)
+    # the 4th run predates `seq_kd_beam` (its config lacks the key): it trained on the
+    # references, so it is the svd row's second seed, not a row of its own; the last two
+    # fine-tuned with cross-entropy alone (an ablation): rows of their own
+    for i, (method, b, beam, seed, kd, mse) in enumerate([
+            ("svd", 20.0, 0, 1, 0.5, 1.0), ("distilled", 19.5, 0, 1, 0.5, 1.0),
+            ("distilled", 20.5, 5, 1, 0.5, 1.0), ("svd", 21.0, None, 2, 0.5, 1.0),
+            ("svd", 18.0, 0, 1, 0.0, 0.0), ("distilled", 18.5, 0, 1, 0.0, 0.0)]):
+        run = RunDir(tmp_path / "sweep" / str(i))
+        run.write_config({"name": "embed", "seed": seed, "teacher": "teacher",
+                          **({} if beam is None else {"seq_kd_beam": beam}),
+                          "trainer": {"max_update": 150},
+                          "optim": {"kd_weight": kd, "kd_temperature": 1.0,
+                                    "embed_mse_weight": mse, "lr_scheduler": "inverse_sqrt"}},
+                         ["experiment=embed", f"model.embed_method={method}"])
+        run.start(1, "embed", command=f"tdx train embed r={i}")
+        if i == 0:
+            run.start(1, "embed", resumed=True, command="tdx train embed r=0 resume=x")
+        run.finish("completed", final={"bleu_beam5": b}, initial={"bleu_beam5": 1.0},
+                   compression={"method": method, "rate": 8, "rank": 30},
+                   teacher={"checkpoint": str(teacher.path / "checkpoints" / "x.pt"),
+                            "bleu_beam5": 21.0})
+    out = tmp_path / "embed.md"
+    report([tmp_path / "sweep"], preset="embed", out=out)
+    text = out.read_text()
+    assert ("Teacher: `teacher`, 1500 updates (`tdx train talk-mt u=750`, then `tdx train "
+            "talk-mt u=1500 resume=t`), test BLEU (beam 5) 21.0. Fine-tuning: 150 "
+            "updates of 0.5 cross-entropy + 0.5 word-level KD (T = 1.0) + 1.0 embedding MSE"
+            in text)
+    assert ("embedding MSE to the teacher's vectors, inverse_sqrt learning rate; seeds 1, 2.\n"
+            in text)
+    assert ("embedding MSE to the teacher's vectors, inverse_sqrt learning rate, on the "
+            "teacher's beam-5 translations of the training sources (sequence-level KD); "
+            "seed 1.\n" in text)
+    assert "updates of 1 cross-entropy + 0 word-level KD (T = 1.0) + 0.0 embedding MSE" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
+            if line.startswith("| ") and " | 8x | " in line}
+    assert set(rows) == {"svd (word KD 0.5, emb. MSE 1)", "distilled (word KD 0.5, emb. MSE 1)",
+                         "distilled + seq-KD (beam 5) (word KD 0.5, emb. MSE 1)",
+                         "svd (word KD 0, emb. MSE 0)", "distilled (word KD 0, emb. MSE 0)"}
+    assert rows["svd (word KD 0.5, emb. MSE 1)"].endswith("| 2 |")  # one row, two seeds
+    assert "| 18.00 |" in rows["svd (word KD 0, emb. MSE 0)"]
+    # one block of targets per fine-tuning recipe, never pooled
+    blocks = text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:]
+    assert len(blocks) == 3
+    ce, refs, seq = sorted(blocks)
+    assert refs.startswith("reference targets, word KD 0.5, emb. MSE 1:")
+    assert seq.startswith("sequence-level KD (beam 5), word KD 0.5, emb. MSE 1:")
+    assert ce.startswith("reference targets, word KD 0, emb. MSE 0:")
+    assert ("- Distilled - SVD >= 0 at every rate: MISSED (8x -1.00); not run: 4x, 16x, 32x"
+            in refs)
+    assert "- Distilled - SVD >= +1 at 16x and 32x: not run" in refs
+    assert "uncompressed teacher (21.00): MISSED (1.50 below)" in refs
+    assert "uncompressed teacher (21.00): met (0.50 below)" in seq and "SVD" not in seq
+    assert "- Distilled - SVD >= 0 at every rate: met (8x +0.50)" in ce
+    assert "- Training command: `tdx train embed r=5`" in text
+    assert "- Training command: `tdx train embed r=0 resume=x`" in text  # both parts
+    assert "- Training command: `tdx train embed r=0`" in text
+    # without the ablation runs the table's runs agree on the losses: plain method names
+    for i in (4, 5):
+        (tmp_path / "sweep" / str(i) / "summary.json").unlink()
+    report([tmp_path / "sweep"], preset="embed", out=out)
+    text = out.read_text()
+    assert "| distilled | 8x |" in text and "| distilled + seq-KD (beam 5) | 8x |" in text
+
+
+def test_embed_targets_from_hand_numbers():
+    from tdx.embed.report import embed_targets
+
+    bleu = {("svd", 4.0): 30.0, ("distilled", 4.0): 30.5, ("svd", 8.0): 29.0,
+            ("distilled", 8.0): 29.5, ("svd", 16.0): 25.0, ("distilled", 16.0): 26.5,
+            ("svd", 32.0): 20.0, ("distilled", 32.0): 20.4, ("groupreduce", 8.0): 31.0}
+    lines = embed_targets(bleu, teacher=30.25)
+    assert lines[1] == ("Distilled - SVD >= 0 at every rate: met "
+                        "(4x +0.50, 8x +0.50, 16x +1.50, 32x +0.40)")
+    assert lines[2] == "Distilled - SVD >= +1 at 16x and 32x: MISSED"  # +0.40 at 32x
+    assert lines[3] == ("Distilled at 8x within 1.0 BLEU of the uncompressed teacher (30.25): "
+                        "met (0.75 below)")
+    bleu["distilled", 4.0] = 29.9
+    assert "MISSED (4x -0.10," in embed_targets(bleu, None)[1]
+    assert len(embed_targets(bleu, None)) == 3  # no teacher figure: no 8x line
+
+
+def test_embed_runs_of_different_teachers_never_pool(tmp_path):
+    """Fine-tuned from two teachers, the same method and rate make two rows, each named by
+    its teacher's folder, and each block of targets measures against its own teacher."""
+    for i, (method, name, b, t) in enumerate([("svd", "tA", 20.0, 21.0),
+                                              ("distilled", "tA", 19.0, 21.0),
+                                              ("distilled", "tB", 29.5, 30.0)]):
+        run = RunDir(tmp_path / "sweep" / str(i))
+        run.write_config({"name": "embed", "seed": 1, "teacher": name,
+                          "trainer": {"max_update": 150},
+                          "optim": {"kd_weight": 0.5, "kd_temperature": 1.0,
+                                    "embed_mse_weight": 1.0, "lr_scheduler": "inverse_sqrt"}},
+                         ["experiment=embed", f"model.embed_method={method}"])
+        run.start(1, "embed")
+        run.finish("completed", final={"bleu_beam5": b},
+                   compression={"method": method, "rate": 8, "rank": 30},
+                   teacher={"checkpoint": str(tmp_path / name / "checkpoints" / "avg.pt"),
+                            "bleu_beam5": t})
+    out = tmp_path / "embed.md"
+    report([tmp_path / "sweep"], preset="embed", out=out, plot_file=tmp_path / "embed.png")
+    assert (tmp_path / "embed.png").stat().st_size > 0  # a teacher line each
+    text = out.read_text()
+    assert "| distilled (teacher tA) | 8x |" in text and "| distilled (teacher tB) | 8x |" in text
+    a, b = sorted(text.split("Targets (BLEU after fine-tuning, beam 5), ")[1:])
+    assert a.startswith("reference targets, teacher tA:")
+    assert "uncompressed teacher (21.00): MISSED (2.00 below)" in a
+    assert b.startswith("reference targets, teacher tB:")
+    assert "uncompressed teacher (30.00): met (0.50 below)" in b

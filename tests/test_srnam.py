@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tdx.report import report
+from tdx.run import RunDir
 from tdx.superres.images import (
     Degradation,
     ImageError,
@@ -330,3 +332,69 @@ def test_evaluation_stops_between_images_on_a_signal(tmp_path):
         evaluate(cfg, RunDir(tmp_path / "run"), Generator(cfg.srnam.z_dim, cfg.srnam.patch,
                  cfg.srnam.width), DegradationNet(4), {"srcnn_bicubic": SRCNN(),
                                                       "srcnn_learned": SRCNN()}, stop)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_srnam_table_states_settings_and_model_source(tmp_path, monkeypatch):
+    """The SR-NAM table: a row per method, and the notes say which images and inference
+    settings were used and where the trained models came from."""
+    monkeypatch.chdir(tmp_path)
+    src = RunDir(tmp_path / "trained")
+    src.start(1, "srnam")
+    src.finish("completed")
+    run = RunDir(tmp_path / "eval")
+    run.write_config({"name": "srnam", "seed": 1, "srnam": {
+        "scale": 4, "init_from": "trained", "infer": {"k": 4, "steps": 20, "stride": 6},
+        "eval": {"max_images": 5}}}, ["experiment=srnam"])
+    run.start(1, "srnam")
+    final = {f"Set5/{kind}/{m}_{x}": 20.0 for kind in ("bicubic", "realistic")
+             for m in ("bicubic", "srnam_learned") for x in ("psnr", "ssim", "sec")}
+    run.finish("completed", final=final, reused_stages=["generator"])
+    out = tmp_path / "srnam.md"
+    report([run.path], preset="srnam", out=out)
+    text = out.read_text()
+    assert "| SR-NAM, learned D | 20.00 / 20.0000 | 20.00 / 20.0000 |" in text
+    assert "CNN" not in text and "back-projection" not in text  # methods the run lacks
+    assert "the first 5 images of each set, x4, K=4 candidates, 20 latent steps" in text
+    commit = json.loads((src.path / "summary.json").read_text())["git_commit"]
+    assert (f"Stage(s) generator loaded from `trained` (trained at commit {commit}); the "
+            "others trained in this run.") in text
+
+
+def test_srnam_targets_from_hand_numbers():
+    from tdx.superres.report import srnam_targets
+
+    f = {"degradation/d_psnr_learned": 31.5, "degradation/d_psnr_bicubic": 27.4}
+    for s, (learned, bicubic, cnn) in {"Set5": (23.0, 22.0, 0.1),
+                                       "Set14": (21.3, 21.0, -0.2)}.items():
+        f |= {f"{s}/realistic/bicubic_psnr": 25.0,
+              f"{s}/realistic/srnam_learned_psnr": learned,
+              f"{s}/realistic/srnam_bicubic_psnr": bicubic,
+              f"{s}/realistic/srcnn_bicubic_psnr": 26.0,
+              f"{s}/realistic/srcnn_learned_psnr": 26.0 + cnn,
+              f"{s}/realistic/srnam_learned_diversity": 4.0,
+              f"{s}/realistic/srnam_learned_consistency": 1.5}
+    lines = srnam_targets(f)
+    assert lines == [
+        "Targets (realistic LR):",
+        "SR-NAM, learned D - bicubic D >= +0.5 dB (best of K) on every set: MISSED "
+        "(Set5 +1.00, Set14 +0.30)",
+        "CNN on learned-D pairs above the bicubic-pairs CNN: MISSED (Set5 +0.10 dB, "
+        "Set14 -0.20 dB)",
+        "Learned D closer to the hidden camera than bicubic (PSNR of its LR against the "
+        "camera's on unseen images): met (31.5 vs 27.4 dB)",
+        "SR-NAM, learned D, diversity > 0: met (Set5 4.00, Set14 4.00 of 255); consistency "
+        "|D(candidate) - LR| (reported): Set5 1.50, Set14 1.50"]
+    f["Set14/realistic/srnam_learned_psnr"] = 21.6
+    assert "on every set: met (Set5 +1.00, Set14 +0.60)" in srnam_targets(f)[1]
+    # back-projection rows are judged on their own; a set without a figure is not a pass
+    f |= {"Set5/realistic/srnam_learned_bp_psnr": 26.0,
+          "Set5/realistic/srnam_bicubic_bp_psnr": 25.0}
+    assert srnam_targets(f)[2] == ("SR-NAM + back-projection, learned D - bicubic D >= +0.5 dB "
+                                   "(best of K) on every set: MISSED (Set5 +1.00; not run: Set14)")
+    del f["Set14/realistic/srnam_learned_consistency"]
+    assert srnam_targets(f)[-1].endswith("(Set5 4.00, Set14 4.00 of 255); consistency "
+                                         "|D(candidate) - LR| (reported): Set5 1.50")
+    assert srnam_targets({}) == ["Targets (realistic LR): not evaluated"]

@@ -1,5 +1,6 @@
-"""fairseq plugin for tdx: `--user-dir $(tdx plugin-dir)` registers every tdx model, task
-and criterion with fairseq, and allow-lists fairseq's checkpoint classes for torch.load.
+"""fairseq plugin for tdx: `--user-dir $(tdx plugin-dir)` registers the runner's tasks and
+every tdx plugin's models, tasks and criteria with fairseq (`tdx.plugins.register_fairseq`),
+and allow-lists fairseq's checkpoint classes for torch.load.
 
 The directory name is globally unique because fairseq imports a user dir by its basename.
 """
@@ -17,13 +18,8 @@ from tdx.checkpoints import allow_fairseq_checkpoints  # noqa: E402
 
 allow_fairseq_checkpoints()
 
-import tdx.attention.copy_task  # noqa: E402,F401
-import tdx.attention.models  # noqa: E402,F401
 import tdx.language_modeling  # noqa: E402,F401
-import tdx.talk.models  # noqa: E402,F401
 import tdx.translation  # noqa: E402,F401
+from tdx.plugins import register_fairseq  # noqa: E402
 
-# isort: split
-import tdx.embed.models  # noqa: E402
-
-tdx.embed.models.register_all()  # last: `embcomp_` twins of every model registered above
+register_fairseq()
