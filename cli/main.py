@@ -4,6 +4,7 @@
     tdx show EXPERIMENT [OVERRIDES...]     the composed, resolved config
     tdx train EXPERIMENT [OVERRIDES...] [-m]
     tdx report PATH... [--format md|csv|latex] [--plot FILE.png]
+    tdx table NAME [--dry-run] [--scale smoke] | --list   a paper table from its spec
     tdx data check [EXPERIMENT]
     tdx bench talk-op | talk-model | scaling
     tdx plugin-dir                         the fairseq --user-dir of tdx's models
@@ -152,6 +153,37 @@ def report_cmd(
     sys.stdout.write(text)
     if out_file:
         err.print(f"wrote {out_file}" + (f" and {plot}" if plot else ""))
+
+
+@app.command("table")
+@usage_errors
+def table_cmd(
+    name: Annotated[str | None, typer.Argument(help="a table spec (conf/table/NAME.yaml)")]
+        = None,
+    list_specs: Annotated[bool, typer.Option("--list", help="list the table specs")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print the plan (runs done, to resume, to "
+                                               "start, CPU time) and stop")] = False,
+    scale: Annotated[str, typer.Option(help="full, or smoke: the toy budgets the spec "
+                                            "declares")] = "full",
+    runs_root: Annotated[Path | None, typer.Option(help="where run folders live (default "
+                                                        "$TDX_RUNS_DIR or ./runs)")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="where NAME.md/.png/.json go (default "
+                                                      "results/ at full scale)")] = None,
+) -> None:
+    """Rebuild a paper table from its spec: run what is missing (resuming what was
+    interrupted, reusing what is done), then write its Markdown, plot and numbers."""
+    from tdx import table
+
+    if list_specs or not name:
+        rows = Table("table", "scales", "description", box=None)
+        for spec, scales, desc in table.list_tables():
+            rows.add_row(f"[bold]{spec}[/bold]", scales, desc)
+        out.print(rows)
+        return
+    code = table.build(name, scale, runs_root, out_dir, dry_run,
+                       echo=lambda m: out.print(m, highlight=False, markup=False))
+    if code:
+        raise typer.Exit(code)
 
 
 @data_app.command("check")

@@ -204,7 +204,7 @@ def _zskd_budgets(runs: list[Run]) -> str:
         t, s, g = z.get("teacher", {}), z.get("student", {}), z.get("gumbel", {})
         init = s.get("init_from")
         if init not in starts:
-            starts[init] = _zskd_init(init)
+            starts[init] = _zskd_init(init, r)
         budget = (f"teacher {t.get('steps')} updates x {t.get('batch')}; every student "
                   f"{s.get('steps')} updates x {s.get('batch')} (adversarial recipes: + a "
                   f"batch of rewrites per update; Gumbel-MLM generator pre-trained "
@@ -220,12 +220,12 @@ def _zskd_budgets(runs: list[Run]) -> str:
 
 
 
-def _zskd_init(init_from: str | None) -> str:
+def _zskd_init(init_from: str | None, run: Run) -> str:
     """How the students' bodies started: the PCA fit of the teacher's word embedding, or
     the task-agnostic body of a `pretrain` run (its updates and command)."""
     if not init_from:
         return " Student bodies start from scratch (word embedding: PCA fit of the teacher's)."
-    pt = load_run(Path(init_from))
+    pt = load_run(run.locate(init_from))
     command = pt.get("command")
     return (f" Every student's body starts from `{init_from}`: "
             f"{pt.get('config.zskd.pretrain.steps') or '?'} updates x "

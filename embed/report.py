@@ -163,7 +163,8 @@ def plot_embed(runs: list[Run], out: Path) -> None:
     """BLEU after fine-tuning against embedding compression, a line per method (and
     fine-tuning recipe), and the uncompressed teacher as a horizontal line."""
     plt = pyplot()
-    done = [r for r in runs if r.summary.get("status") == "completed"]
+    done = [r for r in runs if r.summary.get("status") == "completed"
+            and isinstance(r.get("final.bleu_beam5"), int | float)]  # (scored with beam 5)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     recipe = _embed_recipes(done)
     for g in group(done, lambda r: (r.get("compression.method"), recipe[id(r)])):
@@ -183,7 +184,6 @@ def plot_embed(runs: list[Run], out: Path) -> None:
     ax.set_xlabel("embedding compression (x)")
     ax.set_ylabel("test BLEU after fine-tuning (beam 5)")
     save_figure(fig, ax, out)
-
 
 
 register_preset("embed", Preset(embed_table, embed_notes, plot_embed))

@@ -4,7 +4,6 @@ set and kind of LR, SR-NAM's diversity and consistency, and the targets under it
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tdx.report import (
@@ -134,7 +133,7 @@ def _srnam_settings(run: Run) -> str:
             f"x{sr.get('scale')}, K={inf.get('k')} candidates, {inf.get('steps')} latent "
             f"steps per candidate, LR patch stride {inf.get('stride')}.")
     if src := sr.get("init_from"):
-        commit = read_json(Path(src) / "summary.json").get("git_commit")  # {} if absent
+        commit = read_json(run.locate(src) / "summary.json").get("git_commit")  # {} if absent
         at = f" (trained at commit {commit})" if commit else ""
         reused = run.summary.get("reused_stages")  # None: a run from before it was recorded
         text += (f" Trained models loaded from `{src}`{at}." if reused is None else

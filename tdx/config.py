@@ -129,6 +129,13 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
     return cfg
 
 
+def compose_checked(name: str, overrides: list[str]) -> DictConfig:
+    """`compose`, with an unknown experiment, key or option, or a malformed override, as a
+    UsageError (no type, data or engine checks: `check` does those)."""
+    check_experiment(name)
+    return _compose_user(name, compose(name), parse_overrides(overrides))
+
+
 def _compose_user(name: str, base: DictConfig, user: list[Any]) -> DictConfig:
     """Compose with the user's overrides; Hydra's errors become one-paragraph UsageErrors
     naming the bad override and the closest valid names."""

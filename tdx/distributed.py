@@ -56,8 +56,9 @@ def under_torchrun() -> bool:
 def init(rank: int, size: int, local_rank: int, backend: str, init_method: str,
          timeout_s: float) -> None:
     """Join the process group as `rank` of `size` (no-op for a single process)."""
-    global WORLD
-    WORLD = World(rank, size, local_rank)
+    # in place: modules that imported WORLD before this (an engine imported to check a
+    # config) see this process's rank too
+    WORLD.rank, WORLD.size, WORLD.local_rank = rank, size, local_rank
     if size > 1 and not dist.is_initialized():
         dist.init_process_group(backend, init_method=init_method, rank=rank,
                                 world_size=size,

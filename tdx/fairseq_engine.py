@@ -419,6 +419,7 @@ def score(cfg: DictConfig, task: Any, model: Any) -> dict[str, Any]:
     final: dict[str, Any] = {}
     for beam in sorted({1, int(t.test_beam)}):
         scores = evaluate_generation(task, [model], t.test_split, beam=beam,
+                                     max_sentences=t.get("test_max_sentences"),
                                      batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
                                      max_len_b=t.max_len_b)
         tag = "greedy" if beam == 1 else f"beam{beam}"

@@ -66,6 +66,16 @@ class Run:
     def first_step(self, split: str, metric: str, threshold: float) -> int | None:
         return next((s for s, v in self.curve(split, metric) if v >= threshold), None)
 
+    def locate(self, path: str) -> Path:
+        """A folder this run's config names (a teacher, a body): as given if it exists,
+        else relative to one of the run's parent folders (a runs root: `tdx table` runs
+        name each other relative to it)."""
+        given = Path(path)
+        if given.is_absolute() or given.exists():
+            return given
+        return next((p / given for p in self.path.resolve().parents if (p / given).exists()),
+                    given)
+
 
 def load_run(d: Path) -> Run:
     """One run folder (its files that are missing read as empty)."""
@@ -335,7 +345,24 @@ def save_figure(fig: Any, ax: Any, out: Path) -> None:
     pyplot().close(fig)
 
 
-def markdown(runs: list[Run], text: str, name: str | None, command: str) -> str:
+MARK = ("<!-- tdx: the part above this line is generated and rewritten by each rebuild; "
+        "what follows it is kept -->")
+
+
+def write_markdown(path: Path, generated: str) -> None:
+    """Write a generated results file, keeping the hand-written reading of the file it
+    replaces: the text after its MARK line, or, for a file without one, the whole of it."""
+    kept = "\n"
+    if path.exists():
+        old = path.read_text()
+        kept = old.split(MARK, 1)[1] if MARK in old else \
+            "\n## Kept from the previous version of this file\n\n" + old
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(generated.rstrip("\n") + "\n\n" + MARK + kept)
+
+
+def markdown(runs: list[Run], text: str, name: str | None, stamp_text: str,
+             title: str | None = None) -> str:
     """A results file: title, table, the preset's notes, runs left out, provenance."""
     failed = [r for r in runs if r.summary.get("status") != "completed"]
     note = (f"\n{len(failed)} run(s) not completed and left out: "
@@ -344,25 +371,43 @@ def markdown(runs: list[Run], text: str, name: str | None, command: str) -> str:
     done = completed(runs)
     notes = PRESETS[name].notes if name else None
     extra = notes(done) if notes and done else ""
-    return f"# {name or 'tdx'} results\n\n" + text + extra + note + "\n" + stamp(runs, command)
+    return f"# {title or (name or 'tdx') + ' results'}\n\n" + text + extra + note + "\n" \
+        + stamp_text
+
+
+def make_table(runs: list[Run], preset: str | None, aggregate: bool = False) -> Table:
+    """(headers, rows): the preset's table of the completed runs, or the generic one."""
+    return get_preset(preset).table(completed(runs)) if preset else \
+        generic_table(runs, aggregate)
+
+
+def draw(runs: list[Run], preset: str | None, plot_file: Path,
+         plot_metric: str = "valid.exact_match") -> None:
+    """The preset's own plot, else learning curves of `plot_metric` (split.metric)."""
+    chosen = get_preset(preset) if preset else None
+    if chosen and chosen.plot:
+        chosen.plot(runs, plot_file)
+        return
+    split, _, metric = plot_metric.partition(".")
+    plot(runs, plot_file, split, metric, chosen.group_key if chosen else None)
 
 
 def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
            aggregate: bool = False, out: Path | None = None, plot_file: Path | None = None,
            plot_metric: str = "valid.exact_match", command: str = "tdx report") -> str:
     """The table of the runs under `paths` (a `preset`, or the generic one); with `out`
-    also written to a file, with `plot_file` a plot. Returns the table as text."""
+    also written to a file (Markdown: keeping the reading of the file it replaces), with
+    `plot_file` a plot. Returns the table as text."""
     git_commit()  # read (and cached) before this report rewrites tracked files in results/
-    chosen = get_preset(preset) if preset else None
+    if preset:
+        get_preset(preset)  # an unknown name fails before any folder is read
     runs = collect(paths)
-    headers, rows = chosen.table(completed(runs)) if chosen else generic_table(runs, aggregate)
-    text = render(headers, rows, fmt)
-    if plot_file and chosen and chosen.plot:
-        chosen.plot(runs, plot_file)
-    elif plot_file:
-        split, _, metric = plot_metric.partition(".")
-        plot(runs, plot_file, split, metric, chosen.group_key if chosen else None)
-    if out:
+    text = render(*make_table(runs, preset, aggregate), fmt)
+    if plot_file:
+        draw(runs, preset, plot_file, plot_metric)
+    if out and fmt == "md":
+        write_markdown(out, markdown(runs, text, preset, stamp(runs, command)))
+    elif out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(markdown(runs, text, preset, command) if fmt == "md" else text)
+        out.write_text(text)
     return text

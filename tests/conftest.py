@@ -80,3 +80,29 @@ def small_multi30k(tmp_path_factory) -> Path:
             with gzip.open(raw / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
     return raw
+
+
+class SmokeTables:
+    """Every committed table spec, built on demand at `--scale smoke` (once per session,
+    in one runs root, so specs that need the same run share it, as in runs/)."""
+
+    def __init__(self, root: Path, out: Path) -> None:
+        self.root, self.out = root, out
+        self.built: dict[str, subprocess.CompletedProcess] = {}
+
+    def build(self, name: str) -> subprocess.CompletedProcess:
+        if name not in self.built:
+            self.built[name] = tdx("table", name, "--scale", "smoke", "--runs-root",
+                                   str(self.root), "--out-dir", str(self.out),
+                                   cwd=self.out, timeout=900)
+        return self.built[name]
+
+    def runs(self, experiment: str) -> list[Path]:
+        """The finished run folders of one experiment, in folder-name order."""
+        return sorted(p.parent for p in (self.root / experiment).glob("*/summary.json"))
+
+
+@pytest.fixture(scope="session")
+def smoke_tables(tmp_path_factory) -> SmokeTables:
+    return SmokeTables(tmp_path_factory.mktemp("smoke-runs"),
+                       tmp_path_factory.mktemp("smoke-out"))

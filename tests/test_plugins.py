@@ -33,7 +33,7 @@ def test_a_toy_paper_plugs_in_without_touching_the_runner(tmp_path):
     shown = tdx("--user-dir", str(TOY), "show", "toy", cwd=tmp_path, check=True).stdout
     assert "recipe: toy_paper.recipe:run" in shown
     for folder in ("tdx", "cli", "conf"):
-        assert not any("toy" in p.read_text() for p in (REPO / folder).rglob("*.py"))
+        assert not any("toy_paper" in p.read_text() for p in (REPO / folder).rglob("*.py"))
 
 
 def test_without_the_plugin_its_experiment_and_preset_are_unknown(tmp_path):

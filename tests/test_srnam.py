@@ -213,10 +213,12 @@ def test_gaussian_kernel_of_d_is_the_gaussian_of_its_parameters():
         DegradationNet(4, kernel="box")
 
 
-def test_every_stage_runs_two_updates(tmp_path):
-    proc = tdx("train", "srnam", *FAST, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
+def test_every_stage_runs_two_updates(tmp_path, smoke_tables):
+    """The smoke build of the srnam table (conf/table/srnam.yaml: these FAST settings)
+    trains every stage; later runs reuse its stages or retrain the selected ones."""
+    proc = smoke_tables.build("srnam")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run(tmp_path / "runs")
+    (run,) = smoke_tables.runs("srnam")
     s = summary(run)
     assert s["status"] == "completed"
     for st in ("generator", "degradation", "srcnn_bicubic", "srcnn_learned"):

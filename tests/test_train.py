@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 
-import pytest
 import yaml
 
 from tdx.config import CONF_DIR, group_options
@@ -145,16 +144,22 @@ SEQ2SEQ = [m for m in group_options("model")  # language models train in test_ta
                "kind") != "lm"]
 
 
-@pytest.mark.parametrize("model", SEQ2SEQ)
-def test_every_copy_model_trains_and_decodes(tmp_path, runs, model):
-    proc = tdx("train", "copy", f"model={model}", "data.train_size=64", "data.valid_size=16",
-               "data.test_size=16", "data.batch_size=16", "trainer.max_update=4",
-               "trainer.valid_every=4", "trainer.save_every=4", "trainer.log_every=2",
-               "trainer.test_beam=2", f"paths.runs_dir={runs}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    s = summary(only_run(runs))
-    assert s["status"] == "completed" and s["params"] > 0
-    assert 0.0 <= s["final"]["token_acc_beam2"] <= 1.0
+def test_every_copy_model_trains_and_decodes(tmp_path, runs):
+    """Every sequence-to-sequence model config trains 4 updates on the copy task and
+    decodes (one sweep: one process, as a user's sweep would)."""
+    proc = tdx("train", "copy", "-m", f"model={','.join(SEQ2SEQ)}", "data.train_size=64",
+               "data.valid_size=16", "data.test_size=16", "data.batch_size=16",
+               "trainer.max_update=4", "trainer.valid_every=4", "trainer.save_every=4",
+               "trainer.log_every=2", "trainer.test_beam=2", f"paths.runs_dir={runs}",
+               cwd=tmp_path, timeout=900)
+    folders = list(runs.rglob("summary.json"))
+    done = {next(o for o in yaml.safe_load((p.parent / "overrides.yaml").read_text())
+                 if o.startswith("model=")): json.loads(p.read_text()) for p in folders}
+    bad = {m: s.get("error") for m, s in done.items() if s["status"] != "completed"}
+    assert proc.returncode == 0 and not bad, (bad, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert sorted(done) == sorted(f"model={m}" for m in SEQ2SEQ)
+    for s in done.values():
+        assert s["params"] > 0 and 0.0 <= s["final"]["token_acc_beam2"] <= 1.0
 
 
 def test_a_stage_of_zero_updates_scores_its_start(tmp_path):

@@ -1,13 +1,17 @@
-"""The toy paper's recipe for the loop engine: fit y = 3x + 1 (+ noise) by SGD, one stage."""
+"""The toy paper's recipe for the loop engine: fit y = 3x + 1 (+ noise) by SGD, one stage,
+optionally from another run's line (`toy.init_from`, a run folder) and slowed down by
+`toy.sleep` seconds per update (for tests that stop it half-way)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from tdx.loop import Stage, run_stage, step_generator
+from tdx.loop import Stage, load_state, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 
 
@@ -17,6 +21,8 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
     x_valid = torch.rand(t.points, 1, generator=gen)
     y_valid = 3 * x_valid + 1
     line = torch.nn.Linear(1, 1)
+    if t.init_from:
+        load_state(Path(t.init_from) / "checkpoints" / "fit.pt", {"line": line})
     opt = torch.optim.SGD(line.parameters(), lr=t.lr)
 
     def step(i: int) -> dict[str, float]:
@@ -26,6 +32,7 @@ def run(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, Any]:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        time.sleep(t.sleep)
         return {"loss": loss.item()}
 
     @torch.no_grad()
