@@ -209,7 +209,7 @@ def write_table(spec: Spec, steps: list[Step], root: Path, out: Path) -> None:
         if spec.plot is not False:
             draw(runs, spec.preset, out / f"{spec.name}.png",
                  (spec.plot or {}).get("metric", "valid.exact_match"))
-        title = f"{spec.name}: {spec.description}" if spec.description else spec.name
+        title = spec.description or spec.name
         md = markdown(runs, text, spec.preset, stamp(spec, steps, root), title)
     write_markdown(out / f"{spec.name}.md", md)
     numbers = {"table": spec.name, "scale": spec.scale, "preset": spec.preset,
