@@ -20,6 +20,8 @@ from fairseq.data import Dictionary, LanguagePairDataset
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 
+from tdx.datafiles import read_text
+
 WIKITEXT_FILES = ("text/wikitext-2/valid.txt", "text/wikitext-2/test.txt")
 
 
@@ -56,7 +58,7 @@ def wikitext_sentences(data_dir: Path, max_tokens: int) -> list[list[str]]:
     seen: set[str] = set()
     out = []
     for rel in WIKITEXT_FILES:
-        for line in (data_dir / rel).read_text(encoding="utf-8").splitlines():
+        for line in read_text(data_dir / rel).splitlines():
             line = line.strip()
             if not line or line.startswith("="):
                 continue

@@ -145,11 +145,14 @@ def report_cmd(
     plot: Annotated[Path | None, typer.Option(help="learning curves to this PNG")] = None,
     metric: Annotated[str, typer.Option(help="curve to plot, split.metric")] =
         "valid.exact_match",
+    strict: Annotated[bool, typer.Option(help="a run folder that cannot be read is an "
+                                              "error (exit 2), not a warning")] = False,
 ) -> None:
     """Gather summary.json from run folders into a table (and plot metrics.jsonl)."""
     from tdx.report import report
 
-    text = report(paths, fmt, table, aggregate, out_file, plot, metric, command_line())
+    text = report(paths, fmt, table, aggregate, out_file, plot, metric, command_line(),
+                  strict)
     sys.stdout.write(text)
     if out_file:
         err.print(f"wrote {out_file}" + (f" and {plot}" if plot else ""))
@@ -199,13 +202,15 @@ def data_check(experiment: Annotated[str | None, typer.Argument()] = None,
              "optional": "[yellow]not supplied (optional)[/yellow]", "none": "[green]ok[/green]"}
     table = Table("experiment / data", "file", "status", box=None)
     for name, f, status in rows:
-        table.add_row(name, f or "(none: data is generated)", shown[status])
+        table.add_row(name, f or "(none: data is generated)",
+                      shown.get(status) or f"[red]{escape(status)}[/red]")
     out.print(f"data dir: {root.resolve()} (TDX_DATA_DIR="
               f"{os.environ.get('TDX_DATA_DIR', '<not set>')})")
     out.print(table)
-    if missing := sum(status == "MISSING" for _, _, status in rows):
-        out.print(f"[red]{missing} file(s) missing.[/red] Put them under the data dir at the "
-                  "paths shown, or set TDX_DATA_DIR to the folder that holds them.")
+    if missing := sum(status == "MISSING" or status.startswith("BROKEN")
+                      for _, _, status in rows):
+        out.print(f"[red]{missing} file(s) missing or broken.[/red] Put them under the data "
+                  "dir at the paths shown, or set TDX_DATA_DIR to the folder that holds them.")
         raise typer.Exit(1)
 
 

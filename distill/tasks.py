@@ -18,11 +18,13 @@ GLUE's `train.tsv` / `dev.tsv` (or `dev_matched.tsv` for MNLI) under `glue/<TASK
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdx.datafiles import read_text
 from tdx.errors import UsageError
 
 Example = tuple[str, str | None, float]  # text, text_b (pair tasks), label (class or score)
@@ -111,8 +113,9 @@ def read(task: Task, data_dir: Path, split: str) -> list[Example]:
         raise UsageError(f"task {task.name}: {path} not found. Put the GLUE/SentEval file "
                          f"there (expected: {', '.join(task.files())} under the data dir, "
                          "TDX_DATA_DIR or paths.data_dir=...).")
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = read_text(path)  # a UsageError names a file that is not UTF-8 text
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t",
+                           quoting=csv.QUOTE_NONE))
     out: list[Example] = []
     if task.columns:  # GLUE tsv with a header naming the columns
         a, b, label, classes = task.columns

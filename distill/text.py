@@ -41,9 +41,9 @@ from pathlib import Path
 
 import torch
 
+from tdx.datafiles import read_lines
 from tdx.distill.tasks import TASKS
 from tdx.errors import UsageError
-from tdx.fairseq_data import read_lines
 
 TASK_ROOTS = ("glue", "senteval")
 
@@ -110,11 +110,7 @@ def ood_sentences(files: list[str], data_dir: Path, min_words: int = 4, max_word
     """Articles (lists of sentences) of the out-of-domain text, task data refused."""
     articles: list[list[str]] = []
     for path in guard_no_task_data(files, data_dir):
-        try:
-            lines = read_lines(path)
-        except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise UsageError(f"out-of-domain text {path} is not readable UTF-8 text "
-                             f"(gzipped if it ends in .gz): {e}") from None
+        lines = read_lines(path)  # a UsageError names a file that is not UTF-8 text
         if any(_HEADING.fullmatch(line) for line in lines):
             found = _wikitext_articles(lines)
         elif "" in lines[:-1]:

@@ -404,7 +404,7 @@ def check_config(cfg: DictConfig) -> None:
     if str(z.recipe) not in (*RECIPES, "none", "pretrain"):
         raise UsageError(f"unknown zskd.recipe '{z.recipe}'; recipes: {', '.join(RECIPES)}, "
                          "none (the teacher only), pretrain (task-agnostic student body)")
-    if WORLD.size > 1:
+    if WORLD.size > 1 or cfg.distributed.world_size > 1:
         raise UsageError("zskd runs on one process (distributed.world_size=1)")
     if z.recipe == "pretrain":
         return
@@ -414,6 +414,20 @@ def check_config(cfg: DictConfig) -> None:
     if not 0.0 <= float(z.ood.crop) <= 1.0 or (z.ood.crop and get_task(str(z.task)).pair):
         raise UsageError(f"zskd.ood.crop={z.ood.crop}: a probability in [0, 1], and 0 for "
                          "sentence-pair tasks (a span of one text would break the pair)")
+
+
+def data_files(cfg: DictConfig) -> list[str]:
+    """The files a zskd run reads, relative to the data dir: the task's evaluation file,
+    its training file for the recipes that train on task data (the teacher unless it is
+    loaded, labels, kd_task), the out-of-domain text for the zero-shot recipes."""
+    z, recipe = cfg.zskd, str(cfg.zskd.recipe)
+    ood = list(z.ood.files) if recipe in (*ZERO_SHOT, "pretrain") else []
+    if recipe == "pretrain" or recipe not in (*RECIPES, "none"):
+        return ood
+    task = get_task(str(z.task))
+    train, evaluate_on = task.files()
+    needs_train = recipe in ("labels", "kd_task") or not z.teacher_from
+    return [*([train] if needs_train else []), evaluate_on, *ood]
 
 
 def teacher_scores(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inputs,

@@ -37,8 +37,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tdx import distributed
-from tdx.errors import UsageError
-from tdx.loop import Interrupted, Stage, run_stage, step_generator
+from tdx.errors import Interrupted, UsageError
+from tdx.loop import Stage, run_stage, step_generator
 from tdx.run import RunDir, StopFlag
 from tdx.superres.images import (
     Degradation,
@@ -57,7 +57,6 @@ from tdx.superres.nets import Degradation as DegradationNet
 
 log = logging.getLogger("tdx")
 STAGES = ("generator", "degradation", "srcnn_bicubic", "srcnn_learned", "evaluate")
-KERNELS = ("gaussian", "free")  # D's blur (nets.Degradation)
 USERS = {"generator": ("degradation", "evaluate"), "degradation": ("srcnn_learned", "evaluate"),
          "srcnn_bicubic": ("evaluate",), "srcnn_learned": ("evaluate",)}  # who needs whose model
 
@@ -76,6 +75,14 @@ def t91(cfg: DictConfig) -> tuple[list[Tensor], list[Tensor]]:
         raise UsageError(str(e)) from None
     k = cfg.srnam.g_split
     return images[:k], images[k:]
+
+
+def data_files(cfg: DictConfig) -> list[str]:
+    """The folders an srnam run reads (every image in them is checked before it starts):
+    T91, and each evaluation set at the scale."""
+    sets = [str(Path(cfg.data.sets) / name / f"x{cfg.srnam.scale}")
+            for name in cfg.srnam.eval.sets] if "evaluate" in cfg.srnam.stages else []
+    return [str(cfg.data.t91), *sets]
 
 
 def hidden(cfg: DictConfig, seed: int) -> Degradation:
@@ -494,17 +501,12 @@ def check_degradation_checkpoint(cfg: DictConfig, ckpt_dir: Path) -> None:
                         list(cfg.srnam.hidden.sigma))
 
 def check_config(cfg: DictConfig) -> None:
-    """The srnam settings that no config type can check (UsageError, before any work)."""
+    """The srnam settings that the domain table (conf/checks/srnam.yaml) cannot check
+    (UsageError, before any work)."""
     sr = cfg.srnam
     unknown = [s for s in sr.stages if s not in STAGES]
     if unknown:
         raise UsageError(f"unknown SR-NAM stage(s) {unknown}; stages: {', '.join(STAGES)}")
-    if sr.degradation.kernel not in KERNELS:
-        raise UsageError(f"srnam.degradation.kernel={sr.degradation.kernel}: use one of "
-                         f"{', '.join(KERNELS)}")
-    if sr.degradation.init_sigma is not None and not sr.degradation.init_sigma > 0:
-        raise UsageError(f"srnam.degradation.init_sigma={sr.degradation.init_sigma}: a blur "
-                         "width in pixels, > 0 (or null for scale / 2)")
 
 
 def reuse_stages(cfg: DictConfig, run_dir: RunDir) -> None:

@@ -10,6 +10,7 @@ score, a numpy float64. We allow-list exactly those, once, instead of passing
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,12 @@ def allow_fairseq_checkpoints() -> None:
     torch.serialization.add_safe_globals(fairseq_safe_globals())
 
 
+def load_fairseq_checkpoint(path: str | Path) -> dict:
+    """A fairseq checkpoint, loaded with weights_only and the allow-list above."""
+    allow_fairseq_checkpoints()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def average_checkpoints(paths: list[str]) -> dict:
     """The element-wise mean of the model parameters of several fairseq checkpoints (the
     checkpoint averaging of Vaswani et al. 2017, Sec. 6.1); the rest (config, optimiser
@@ -34,7 +41,7 @@ def average_checkpoints(paths: list[str]) -> dict:
     allow_fairseq_checkpoints()
     total: dict[str, torch.Tensor] = {}
     for path in paths:
-        state = torch.load(path, map_location="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
         for k, v in state["model"].items():
             v = v.double() if v.is_floating_point() else v
             total[k] = total[k] + v if k in total and v.is_floating_point() else v

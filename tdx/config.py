@@ -16,9 +16,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import tdx.conf
 from tdx import engines, plugins
+from tdx.datafiles import probe
 from tdx.errors import UsageError, did_you_mean
+from tdx.validate import check_domains
 
 CONF_DIR = Path(tdx.conf.__file__).resolve().parent
+FORWARDED = ("data", "model", "optim")  # sections passed to fairseq as --options
 # ${abspath:rel} in configs: paths that end up inside checkpoints must not depend on cwd
 OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).resolve()), replace=True)
 
@@ -74,6 +77,9 @@ def parse_overrides(overrides: list[str]) -> list[Any]:
             raise UsageError(f"Malformed override '{text}': {first}. Overrides look like "
                              "key=value, +new.key=value, ~key, group=option, or for -m "
                              "sweeps key=a,b,c.") from None
+        if not parsed[-1].key_or_group:
+            raise UsageError(f"Malformed override '{text}': it names no key. Overrides look "
+                             "like key=value.")
     return parsed
 
 
@@ -116,6 +122,11 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
         raise UsageError(f"Override '{sweeps[0]}' is a sweep (comma list); add -m/--multirun "
                          "to run one job per value, or give a single value.")
     user = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    if bad := [o.input_line for o in user if o.is_delete()
+               and o.key_or_group.split(".")[0] not in FORWARDED]:
+        raise UsageError(f"Override '{bad[0]}' removes a setting the runner needs; only keys "
+                         f"of the {', '.join(FORWARDED)} sections, which go to fairseq as "
+                         "options, can be removed.")
     base = compose(name)
     cfg = _compose_user(name, base, user)
     check_types(base, cfg, [o for o in user if not (o.is_add() or o.is_delete())])
@@ -124,6 +135,7 @@ def check(name: str, overrides: list[str], multirun: bool = False) -> DictConfig
         raise UsageError(f"'{name}' needs {', '.join(missing)}, which has no default: give it "
                          f"on the command line ({missing[0]}=...); the comment next to it in "
                          f"conf/experiment/{name}.yaml says what it is.")
+    check_domains(cfg, conf_dirs())
     check_runtime(name, cfg)
     engines.get(cfg.engine).check(cfg)
     return cfg
@@ -161,6 +173,13 @@ def _compose_user(name: str, base: DictConfig, user: list[Any]) -> DictConfig:
                              "exists already: drop the + to change it (or use ++ to add or "
                              "change).") from None
         key = bad.key_or_group if bad is not None else msg
+        groups = [o.input_line for o in user if "." not in o.key_or_group
+                  and "=" in o.input_line and group_options(o.key_or_group)]
+        if key in flat_keys(base) and groups:  # a key of the default group, not the chosen
+            raise UsageError(f"Config key '{key}' in override '{bad.input_line}' is not a "
+                             f"setting once {', '.join(groups)} is chosen (it belongs to the "
+                             f"default). Use `tdx show {name} {' '.join(groups)}` to see "
+                             "its keys.") from None
         raise UsageError(f"Unknown config key '{key}' in override "
                          f"'{bad.input_line if bad is not None else '?'}'."
                          f"{did_you_mean(key, flat_keys(base))} Use `tdx show {name}` to see "
@@ -222,22 +241,37 @@ def data_dir(cfg: DictConfig) -> Path:
 
 
 def required_files(cfg: DictConfig) -> list[str]:
-    meta = OmegaConf.select(cfg, "data.meta.files", default=None)
-    return list(meta or [])
+    """The data files a config reads, relative to the data dir: its data section's
+    `meta.files`, and those its engine names (a recipe's `data_files(cfg)`)."""
+    meta = list(OmegaConf.select(cfg, "data.meta.files", default=None) or [])
+    engine = engines.get(cfg.engine)
+    more = engine.data_files(cfg) if hasattr(engine, "data_files") else []
+    return list(dict.fromkeys([*meta, *more]))
 
 
-def missing_files(cfg: DictConfig) -> list[str]:
-    root = data_dir(cfg)
-    return [f for f in required_files(cfg) if not (root / f).exists()]
+def file_status(root: Path, rel: str, optional: bool = False) -> str:
+    """present (and readable), MISSING, optional (missing, user-supplied), or BROKEN:
+    what is wrong with it."""
+    if not (root / rel).exists():
+        return "optional" if optional else "MISSING"
+    problem = probe(root / rel)
+    return "present" if problem is None else f"BROKEN: {problem}"
 
 
 def check_data(cfg: DictConfig) -> None:
-    missing = missing_files(cfg)
+    """Every data file the config reads is there and reads (a UsageError naming the
+    missing or broken ones and where they were looked for)."""
+    root = data_dir(cfg)
+    status = {f: file_status(root, f) for f in required_files(cfg)}
+    missing = [f for f, st in status.items() if st == "MISSING"]
+    broken = [st.removeprefix("BROKEN: ") for st in status.values() if st.startswith("BROKEN")]
+    if broken:
+        raise UsageError(" ".join(broken))
     if missing:
         env = os.environ.get("TDX_DATA_DIR")
         raise UsageError(
             f"Missing data file{'s' if len(missing) > 1 else ''} for '{cfg.name}': "
-            f"{', '.join(missing)} (searched data dir {data_dir(cfg).resolve()}; "
+            f"{', '.join(missing)} (searched data dir {root.resolve()}; "
             f"TDX_DATA_DIR is {'set to ' + env if env else 'not set'}). Put the files there "
             "or point TDX_DATA_DIR (or paths.data_dir=...) at the folder that holds them; "
             "`tdx data check` lists what every experiment needs.")
@@ -246,9 +280,9 @@ def check_data(cfg: DictConfig) -> None:
 def data_status(experiment: str | None = None, overrides: list[str] | None = None
                 ) -> tuple[Path, list[tuple[str, str, str]]]:
     """`tdx data check`: the data dir, and (experiment or data option, file, status) rows
-    for one experiment or for every experiment and data option. A status is `present`,
-    `MISSING`, `optional` (a dataset the user supplies, only needed if used) or `none`
-    (the data is generated: no file)."""
+    for one experiment or for every experiment and data option; a status is
+    `file_status`'s, or `none` (the data is generated: no file). Every file listed is
+    opened and read."""
     if experiment:
         cfgs = {experiment: check(experiment, overrides or [])}
     else:  # only the data sections matter here: compose, without the full check
@@ -256,10 +290,12 @@ def data_status(experiment: str | None = None, overrides: list[str] | None = Non
         cfgs |= {f"data={opt}": compose(next(iter(experiments())), [f"data={opt}"])
                  for opt in data_options()}
     root = data_dir(next(iter(cfgs.values())))
-    rows = []
+    rows, seen = [], {}  # each file is read once
     for name, cfg in cfgs.items():
         optional = bool(OmegaConf.select(cfg, "data.meta.user_supplied", default=False))
-        rows += [(name, "", "none")] if not required_files(cfg) else []
-        rows += [(name, f, "present" if (root / f).exists() else
-                  "optional" if optional else "MISSING") for f in required_files(cfg)]
+        files = required_files(cfg)
+        rows += [(name, "", "none")] if not files else []
+        for f in files:
+            seen[f, optional] = seen.get((f, optional)) or file_status(root, f, optional)
+            rows.append((name, f, seen[f, optional]))
     return root, rows

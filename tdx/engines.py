@@ -4,6 +4,8 @@ An engine is a module with two functions:
 
     check(cfg) -> None                 raise UsageError for a config it cannot run; called
                                        by `tdx train` / `tdx show` before any work starts
+    check_resume(cfg, folder) -> None  raise UsageError if the folder's checkpoints cannot
+                                       be loaded; called before a resume writes anything
     train(cfg, run, stop) -> str       train one run folder; returns its final status
 
 Built in: `fairseq` (tdx.fairseq_engine: fairseq's task, model and Trainer) and `loop`

@@ -1,17 +1,8 @@
-"""Shared by the data preparers (tdx.mt_data, tdx.lm_data): reading text, fairseq-preprocess."""
+"""Shared by the data preparers (tdx.mt_data, tdx.lm_data): fairseq-preprocess."""
 
 from __future__ import annotations
 
-import gzip
 import logging
-from pathlib import Path
-
-
-def read_lines(path: Path) -> list[str]:
-    """Lines of a text file, gzipped or not, stripped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n").strip() for line in f]
 
 
 def fairseq_preprocess(argv: list[str]) -> None:

@@ -36,16 +36,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tdx.config import FORWARDED
 from tdx.distributed import WORLD, any_rank, checksum, gather, mean
 from tdx.engines import seed_everything
-from tdx.errors import Diverged, UsageError
+from tdx.errors import Diverged, Interrupted, UsageError
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag
 from tdx.seqeval import evaluate_generation
 
 log = logging.getLogger("tdx")
 PLUGIN_DIR = Path(__file__).resolve().parent / "tdx_fairseq"
-SECTIONS = ("data", "model", "optim")
 
 
 # ---------------------------------------------------------------- config -> fairseq
@@ -81,7 +81,7 @@ def model_class(cfg: DictConfig) -> type | None:
 def fairseq_argv(cfg: DictConfig, save_dir: Path) -> list[str]:
     """The full fairseq training command line for an experiment config."""
     options: dict[str, Any] = {}
-    for section in SECTIONS:
+    for section in FORWARDED:
         part = OmegaConf.to_container(cfg[section], resolve=True) if section in cfg else {}
         options.update({k: v for k, v in part.items() if k != "meta"})
     positional = [str(options.pop("data_path"))] if "data_path" in options else []
@@ -144,9 +144,37 @@ def parse_fairseq(argv: list[str]) -> Any:
         return convert_namespace_to_omegaconf(args)
 
 
+VALID_METRICS = ("loss", "loss_nats")  # every validation; decoding adds GENERATION_METRICS
+GENERATION_METRICS = ("exact_match", "token_acc", "bleu", "n")
+
+
 def check(cfg: DictConfig) -> None:
-    """Engine interface: fairseq parses the options the config makes (UsageError if not)."""
+    """Engine interface: the best-checkpoint metric is one validation logs, and fairseq
+    parses the options the config makes (UsageError if not)."""
+    t = cfg.trainer
+    metrics = VALID_METRICS + (GENERATION_METRICS if t.valid_generate else ())
+    if t.best_metric not in metrics:
+        raise UsageError(f"trainer.best_metric={t.best_metric}: validation logs "
+                         f"{', '.join(metrics)}"
+                         + ("" if t.valid_generate else " (trainer.valid_generate=false: no "
+                            "decoding)") + ".")
     parse_fairseq(fairseq_argv(cfg, Path("checkpoints")))
+
+
+def check_resume(cfg: DictConfig, folder: Path) -> None:
+    """Engine interface: the run's checkpoint_last.pt exists and loads (weights only), so a
+    resume that cannot load it stops before writing anything (UsageError naming it)."""
+    from tdx.checkpoints import load_fairseq_checkpoint
+
+    last = folder / "checkpoints" / "checkpoint_last.pt"
+    try:
+        state = load_fairseq_checkpoint(last)
+        if "model" not in state:
+            raise KeyError("no model weights in it")
+    except Exception as e:  # noqa: BLE001 - any reason: the file is not usable
+        raise UsageError(f"Cannot resume '{folder}': {last} cannot be loaded "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The folder "
+                         "is left as it was.") from None
 
 
 # ---------------------------------------------------------------- one run
@@ -231,7 +259,8 @@ class Session:
 def build(cfg: DictConfig, run: RunDir) -> Session:
     """fairseq's task, model, criterion and Trainer for the config (step 1)."""
     from fairseq import tasks, utils
-    from fairseq.trainer import Trainer
+
+    from tdx.fairseq_trainer import TdxTrainer
 
     warnings.filterwarnings(  # known, harmless, once per batch otherwise
         "ignore", message=".*(pin_memory|torch.cuda.amp|mismatched key_padding_mask).*")
@@ -249,7 +278,7 @@ def build(cfg: DictConfig, run: RunDir) -> Session:
         model.tdx_prepare(cfg, task, criterion, run)
     run.update(params=n_params, model=cfg.model.get("meta", {}).get("label", fcfg.model._name))
     log.info("model %s: %s parameters", fcfg.model._name, f"{n_params:,}")
-    return Session(cfg, run, task, Trainer(fcfg, task, model, criterion))
+    return Session(cfg, run, task, TdxTrainer(fcfg, task, model, criterion))
 
 
 def restore(s: Session) -> None:
@@ -343,6 +372,7 @@ def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
     """Interrupted: save and say how to resume; diverged: record it; completed: test the
     model and write the final scores (step 4)."""
     s.run.update(param_checksums=gather(checksum(s.trainer.get_model())))  # one per rank
+    stopping = stopping or any_rank(bool(stop))  # a stop after the last update: no test
     if stopping and status == "completed":
         stop.signum = stop.signum or signal.SIGTERM
         s.save()
@@ -352,7 +382,12 @@ def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
     if status == "diverged":
         s.run.finish("diverged", step=s.step, best=s.best)
         return status
-    final = test(s.cfg, s.task, s.trainer, s.run) if WORLD.master else {}
+    try:  # rank 0 tests alone, so a stop during the decoding needs no agreement
+        final = test(s.cfg, s.task, s.trainer, s.run, stop) if WORLD.master else {}
+    except Interrupted:
+        s.run.finish("interrupted", step=s.step, best=s.best, rate_tok_s=round(s.bar.rate))
+        log.warning("interrupted while testing; resume=%s tests the saved model", s.run.path)
+        return "interrupted"
     s.run.finish("completed", step=s.step, best=s.best, final=final,
                  rate_tok_s=round(s.bar.rate))
     return status
@@ -387,10 +422,11 @@ def numbered_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any]:
+def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir,
+         stop: StopFlag | None = None) -> dict[str, Any]:
     """Score the test split with greedy and beam search: the average of the last
-    `average_last` checkpoints if set, else the best checkpoint."""
-    from tdx.checkpoints import average_checkpoints
+    `average_last` checkpoints if set, else the best checkpoint (Interrupted on `stop`)."""
+    from tdx.checkpoints import average_checkpoints, load_fairseq_checkpoint
 
     t = cfg.trainer
     if not t.test_split:
@@ -403,16 +439,17 @@ def test(cfg: DictConfig, task: Any, trainer: Any, run: RunDir) -> dict[str, Any
         tmp.replace(chosen)
         run.update(tested=f"average of {', '.join(p.name for p in saved)}")
     if chosen.exists():  # the weights only: no collective, rank 0 tests alone
-        state = torch.load(chosen, map_location="cpu")
+        state = load_fairseq_checkpoint(chosen)
         trainer.get_model().load_state_dict(state["model"], strict=True)
-    final = score(cfg, task, trainer.model)
+    final = score(cfg, task, trainer.model, stop)
     run.update(bleu_signature=final.pop("bleu_signature", None))
     run.log(trainer.get_num_updates(), "test", {k: v for k, v in final.items()
                                                 if "per_s" not in k})
     return final
 
 
-def score(cfg: DictConfig, task: Any, model: Any) -> dict[str, Any]:
+def score(cfg: DictConfig, task: Any, model: Any,
+          stop: StopFlag | None = None) -> dict[str, Any]:
     """Test-split scores with greedy and beam search, keys suffixed _greedy / _beamN,
     and sentences per second of each."""
     t = cfg.trainer
@@ -421,7 +458,8 @@ def score(cfg: DictConfig, task: Any, model: Any) -> dict[str, Any]:
         scores = evaluate_generation(task, [model], t.test_split, beam=beam,
                                      max_sentences=t.get("test_max_sentences"),
                                      batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
-                                     max_len_b=t.max_len_b)
+                                     max_len_b=t.max_len_b,
+                                     stop=(lambda: bool(stop)) if stop is not None else None)
         tag = "greedy" if beam == 1 else f"beam{beam}"
         final[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
         final["bleu_signature"] = scores.pop("bleu_signature")

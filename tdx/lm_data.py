@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tdx.datafiles import read_text
 from tdx.fairseq_data import fairseq_preprocess
 
 SPACE = "\u2581"
@@ -47,7 +48,7 @@ def prepare(out_dir: Path, level: str, files: dict[str, Path], train_fraction: f
     work = out_dir / "text"
     work.mkdir(parents=True)
     if level == "char":
-        text = Path(files["train"]).read_text(encoding="utf-8")
+        text = read_text(Path(files["train"]))
         if SPACE in text:
             raise ValueError(f"{files['train']} contains U+2581, used here for spaces")
         cut = int(len(text) * train_fraction)

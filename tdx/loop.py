@@ -32,15 +32,11 @@ from torch import nn
 from tdx import plugins
 from tdx.distributed import WORLD, any_rank, checksum, gather, unwrap
 from tdx.engines import seed_everything
-from tdx.errors import Diverged, UsageError
+from tdx.errors import Diverged, Interrupted, UsageError
 from tdx.progress import TrainProgress, fmt
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
-
-
-class Interrupted(Exception):
-    """Raised by `run_stage` after it saved the stage on Ctrl-C / SIGTERM."""
 
 
 def _recipe_module(cfg: DictConfig) -> tuple[str, str]:
@@ -58,8 +54,34 @@ def _recipe_module(cfg: DictConfig) -> tuple[str, str]:
 
 
 def check(cfg: DictConfig) -> None:
-    """Engine interface: the recipe's module exists (imported only when training)."""
-    _recipe_module(cfg)
+    """Engine interface: the recipe's module exists, and its `check_config(cfg)`, if it
+    has one, accepts the config (the recipe's checks across keys)."""
+    module, _ = _recipe_module(cfg)
+    hook = getattr(importlib.import_module(module), "check_config", None)
+    if callable(hook):
+        hook(cfg)
+
+
+def data_files(cfg: DictConfig) -> list[str]:
+    """Engine interface: the data files the recipe reads (its module's `data_files(cfg)`,
+    relative to the data dir), for `tdx data check` and the check before a run."""
+    module, _ = _recipe_module(cfg)
+    hook = getattr(importlib.import_module(module), "data_files", None)
+    return list(hook(cfg)) if callable(hook) else []
+
+
+def check_resume(cfg: DictConfig, folder: Path) -> None:
+    """Engine interface: every stage checkpoint of the run loads (weights only), so a
+    resume that cannot use one stops before writing anything (UsageError naming it)."""
+    for path in sorted((folder / "checkpoints").glob("*.pt")):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or "state" not in blob:
+                raise KeyError("not a tdx stage checkpoint")
+        except Exception as e:  # noqa: BLE001 - any reason: the file is not usable
+            raise UsageError(f"Cannot resume '{folder}': {path} cannot be loaded "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The "
+                             "folder is left as it was.") from None
 
 
 def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:
@@ -204,8 +226,11 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
         stop.signum = stop.signum or signal.SIGTERM
         _save(last, stage, i, cfg)
         raise Interrupted
-    stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}
     modules = [v for v in stage.state.values() if isinstance(v, nn.Module)]
+    if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
+        raise Diverged(f"stage {stage.name}: a weight is NaN or infinite after update {i} "
+                       "(a NaN gradient)")
+    stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}
     sums = gather(";".join(checksum(m) for m in modules))
     run.update(param_checksums={**run.summary.get("param_checksums", {}), stage.name: sums},
                rates={**run.summary.get("rates", {}), stage.name: round(bar.rate, 1)})

@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tdx.fairseq_data import fairseq_preprocess, read_lines
+from tdx.datafiles import read_lines
+from tdx.fairseq_data import fairseq_preprocess
 
 log = logging.getLogger("tdx")
 SPLITS = ("train", "valid", "test")

@@ -18,6 +18,7 @@ import io
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,15 +78,39 @@ class Run:
                     given)
 
 
+class BadRun(Exception):
+    """A run folder whose files cannot be read as a run's (truncated, corrupt, foreign)."""
+
+
 def load_run(d: Path) -> Run:
-    """One run folder (its files that are missing read as empty)."""
-    cfg_path, ov_path = d / "config.yaml", d / "overrides.yaml"
-    ov = yaml.safe_load(ov_path.read_text()) if ov_path.exists() else []
-    return Run(d, read_json(d / "summary.json"),
-               (yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else None) or {},
-               dict(_override(o) for o in (ov or []) if "=" in o
-                    and not o.startswith(IGNORED_OVERRIDES)),
-               read_metrics(d / "metrics.jsonl"))
+    """One run folder (its files that are missing read as empty); BadRun if one of them
+    is not what tdx writes."""
+    summary = read_json(d / "summary.json")
+    if not isinstance(summary.get("status"), str):
+        raise BadRun("summary.json is not a run summary (truncated, or not tdx's)")
+    config = _yaml(d / "config.yaml", dict) or {}
+    ov = _yaml(d / "overrides.yaml", list) or []
+    if not all(isinstance(o, str) for o in ov):
+        raise BadRun("overrides.yaml is not a list of overrides")
+    try:
+        metrics = read_metrics(d / "metrics.jsonl")
+    except (ValueError, TypeError) as e:
+        raise BadRun(f"metrics.jsonl: {e}") from None
+    return Run(d, summary, config, dict(_override(o) for o in ov if "=" in o
+                                        and not o.startswith(IGNORED_OVERRIDES)), metrics)
+
+
+def _yaml(path: Path, kind: type) -> Any:
+    """The YAML file's content if it is a `kind` (None if the file is missing)."""
+    if not path.exists():
+        return None
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BadRun(f"{path.name} is not YAML ({str(e).splitlines()[0]})") from None
+    if value is not None and not isinstance(value, kind):
+        raise BadRun(f"{path.name} holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def _override(o: str) -> tuple[str, str]:
@@ -96,15 +121,23 @@ def _override(o: str) -> tuple[str, str]:
     return k, v.lower() if v.lower() in ("true", "false") else v
 
 
-def collect(paths: list[Path]) -> list[Run]:
+def collect(paths: list[Path], strict: bool = False,
+            warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Run]:
+    """Every run folder under `paths`. A folder that cannot be read as a run is left out
+    with a warning naming it (`strict`: a UsageError instead), never merged as '?'."""
     runs = []
     for root in paths:
         if not Path(root).exists():
             raise UsageError(f"No such run folder: '{root}'.")
-        runs += [load_run(summary.parent)
-                 for summary in sorted(Path(root).rglob("summary.json"))]
+        for summary in sorted(Path(root).rglob("summary.json")):
+            try:
+                runs.append(load_run(summary.parent))
+            except BadRun as e:
+                if strict:
+                    raise UsageError(f"Run folder '{summary.parent}': {e}.") from None
+                warn(f"warning: left out '{summary.parent}': {e}")
     if not runs:
-        raise UsageError(f"No run folders (with summary.json) under: "
+        raise UsageError(f"No run folders (with a readable summary.json) under: "
                          f"{', '.join(map(str, paths))}.")
     return runs
 
@@ -246,6 +279,8 @@ def _numbers(d: dict, prefix: str = "") -> list[str]:
 
 
 def generic_table(runs: list[Run], aggregate: bool) -> Table:
+    """A row per run (or per setting, seeds pooled, with `aggregate`): the overrides that
+    differ, the status, every final number in its own scale."""
     keys = sorted({k for r in runs for k in r.overrides})
     varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     if aggregate:
@@ -253,16 +288,39 @@ def generic_table(runs: list[Run], aggregate: bool) -> Table:
     finals = sorted({k for r in runs for k in _numbers(r.summary.get("final", {}))})
     groups = group(runs, lambda r: tuple(r.overrides.get(k) for k in varying)) \
         if aggregate else [[r] for r in runs]
-    headers = ([] if aggregate else ["run"]) + varying + ["status", *finals] + \
-        (["seeds"] if aggregate else [])
+    headers = ([] if aggregate else ["run"]) + varying + ["status"] + \
+        [final_header(k) for k in finals] + (["seeds"] if aggregate else [])
     rows = []
     for g in groups:
         row = [] if aggregate else [str(g[0].path)]
         row += [str(g[0].overrides.get(k, "-")) for k in varying]
         row.append(",".join(sorted({r.summary.get("status", "?") for r in g})))
-        row += [mean_std([r.get(f"final.{k}") for r in g], digits=4) for k in finals]
+        row += [final_cell([r.get(f"final.{k}") for r in g], k) for k in finals]
         rows.append(row + ([str(len(g))] if aggregate else []))
     return headers, rows
+
+
+PERCENT = ("exact_match", "token_acc")  # fractions in summaries, shown as percentages
+SPEED = ("per_s", "tok_s", "_sec")  # throughputs and times: not scores
+
+
+def final_header(key: str) -> str:
+    """A generic column's header with its scale: 'exact_match_greedy (%)', 'sent_per_s
+    (speed)'."""
+    if key.startswith(PERCENT):
+        return f"{key} (%)"
+    return f"{key} (speed)" if any(s in key for s in SPEED) else key
+
+
+def final_cell(values: list[Any], key: str) -> str:
+    """Mean ± std of a final number, in its column's scale: counts as whole numbers,
+    fractions as percentages, speeds with one decimal, scores with four figures."""
+    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if nums and all(isinstance(v, int) for v in nums):
+        return mean_std(nums, digits=0)
+    if key.startswith(PERCENT):
+        return mean_std(nums, scale=100, digits=2)
+    return mean_std(nums, digits=1 if any(s in key for s in SPEED) else 4)
 
 
 # ---------------------------------------------------------------------------- output
@@ -312,6 +370,12 @@ def pyplot() -> Any:
 def plot(runs: list[Run], out: Path, split: str, metric: str, group_key: str | None) -> None:
     """Learning curves: `split`/`metric` against updates, mean over the runs of a group
     with a min-max band."""
+    if not any(r.curve(split, metric) for r in runs):
+        logged = sorted({f"{m['split']}.{k}" for r in runs for m in r.metrics
+                         for k, v in m["metrics"].items() if isinstance(v, int | float)})
+        name = f"{split}.{metric}"
+        raise UsageError(f"No run logged '{name}' to plot.{did_you_mean(name, logged)} "
+                         f"Logged: {', '.join(logged) or 'nothing'}.")
     key = (lambda r: str(r.get(group_key))) if group_key else (lambda r: r.path.name)
     fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for g in group(runs, key):
@@ -394,14 +458,16 @@ def draw(runs: list[Run], preset: str | None, plot_file: Path,
 
 def report(paths: list[Path], fmt: str = "md", preset: str | None = None,
            aggregate: bool = False, out: Path | None = None, plot_file: Path | None = None,
-           plot_metric: str = "valid.exact_match", command: str = "tdx report") -> str:
+           plot_metric: str = "valid.exact_match", command: str = "tdx report",
+           strict: bool = False) -> str:
     """The table of the runs under `paths` (a `preset`, or the generic one); with `out`
     also written to a file (Markdown: keeping the reading of the file it replaces), with
-    `plot_file` a plot. Returns the table as text."""
+    `plot_file` a plot. Returns the table as text. Unreadable run folders are left out
+    with a warning (`strict`: a UsageError)."""
     git_commit()  # read (and cached) before this report rewrites tracked files in results/
     if preset:
         get_preset(preset)  # an unknown name fails before any folder is read
-    runs = collect(paths)
+    runs = collect(paths, strict)
     text = render(*make_table(runs, preset, aggregate), fmt)
     if plot_file:
         draw(runs, preset, plot_file, plot_metric)

@@ -15,6 +15,7 @@ on resume it is cut back to the checkpoint's step so no line is duplicated or lo
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import math
@@ -26,21 +27,31 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tdx.errors import UsageError
+
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same folder and os.replace."""
+    """Write text to path via a temp file in the same folder and os.replace; the file's
+    mode follows the umask (0644 under 022), as a plain open() would make it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600: colleagues could not read
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -174,7 +185,9 @@ class RunDir:
         self.summary = {
             "experiment": experiment, "status": "running", "seed": seed,
             "command": previous.get("command", command),
-            "final": {}, "best": {}, "wall_time_s": previous.get("wall_time_s", 0.0),
+            # a resume keeps the scores it continues from until it replaces them
+            "final": previous.get("final", {}), "best": previous.get("best", {}),
+            "wall_time_s": previous.get("wall_time_s", 0.0),
             "git_commit": git_commit(), "versions": package_versions(), **machine_info(),
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "resumed": previous.get("resumed", 0) + int(resumed),
@@ -209,11 +222,49 @@ class RunDir:
         atomic_write(self.summary_path, json.dumps(_clean(self.summary), indent=2) + "\n")
 
 
-def read_json(path: Path) -> dict[str, Any]:
+@contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock (flock) on a folder, or on a file made if missing, for as
+    long as the block runs; a second holder is refused at once with UsageError(`busy`)."""
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT, 0o666)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def folder_lock(path: Path) -> AbstractContextManager[None]:
+    """Lock a run (or sweep) folder while a process trains in it: a second trainer or
+    resume of the same folder is refused. The lock is the folder's own: no file is added."""
+    return exclusive(path, f"Another tdx process is training in '{path}'; wait for it to "
+                           "end (or stop it), or use another folder.")
+
+
+def new_folder(base: Path) -> Path:
+    """Make `base`, or `base-1`, `base-2`, ... if it exists: two runs started in the same
+    second never share a folder (mkdir is the arbiter)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = base if i == 0 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free folder name next to {base}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; {} if it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -230,10 +281,23 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a metrics.jsonl; a ValueError naming the first line that is not one."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    rows = []
+    for i, ln in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("metrics"), dict)
+                and isinstance(row.get("step"), int) and isinstance(row.get("split"), str)):
+            raise ValueError(f"line {i} is not a metrics line")
+        rows.append(row)
+    return rows
 
 
 class StopFlag:

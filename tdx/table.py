@@ -14,7 +14,6 @@ One `tdx table` at a time uses a runs root (a lock file).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from tdx.config import compose
 from tdx.errors import UsageError
 from tdx.plugins import ENV as USER_DIR_ENV
 from tdx.report import collect, draw, make_table, markdown, render, write_markdown
-from tdx.run import describe_machine, git_commit, machine_info, read_json
+from tdx.run import describe_machine, exclusive, git_commit, machine_info, read_json
 from tdx.table_spec import Spec, Step, describe_plan, load_spec, overrides_for, plan, spec_files
 
 
@@ -60,16 +59,10 @@ def _has_smoke(name: str) -> bool:
     return True
 
 
-@contextmanager
-def locked(root: Path) -> Iterator[None]:
+def locked(root: Path) -> AbstractContextManager[None]:
     """Hold the runs root's table lock: one `tdx table` at a time."""
-    with (root / ".tdx-table.lock").open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another `tdx table` is using the runs root {root}; wait for "
-                             "it, or give this one another (--runs-root).") from None
-        yield
+    return exclusive(root / ".tdx-table.lock", f"another `tdx table` is using the runs root "
+                     f"{root}; wait for it, or give this one another (--runs-root).")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tdx import distributed, engines
 from tdx.config import CONF_DIR, check, check_data, searchpath
 from tdx.errors import UsageError
-from tdx.run import RunDir, catch_stop_signals, read_json
+from tdx.run import RunDir, catch_stop_signals, folder_lock, new_folder, read_json
 
 log = logging.getLogger("tdx")
 
@@ -181,46 +182,94 @@ def resume_overrides(run_dir: Path) -> tuple[str, list[str]]:
     return experiment, [o for o in overrides if not o.startswith("experiment=")]
 
 
+def resumed_overrides(experiment: str, overrides: list[str], multirun: bool
+                      ) -> tuple[Path | None, list[str]]:
+    """(the run folder `resume=` names, or None; the overrides to run with): a resume
+    keeps the run's own overrides, and the ones given now replace theirs."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not given:
+        return None, overrides
+    if not given[-1]:
+        raise UsageError("resume= names no run folder: give the folder to continue "
+                         "(resume=runs/<experiment>/<stamp>).")
+    if multirun:
+        raise UsageError("resume= continues one run; it cannot be combined with -m.")
+    run_dir = Path(given[-1]).resolve()
+    original, previous = resume_overrides(run_dir)
+    if original and original != experiment:
+        raise UsageError(f"'{run_dir}' is a run of '{original}', not '{experiment}'.")
+    others = [o for o in overrides if not o.startswith("resume=")]
+    changed = {o.split("=", 1)[0].lstrip("+~") for o in others}  # new values win
+    kept = [o for o in previous if o.split("=", 1)[0].lstrip("+~") not in changed]
+    return run_dir, [*kept, *others, f"resume={run_dir}"]
+
+
+def unused_folder(path: Path, multirun: bool) -> Path:
+    """A folder given with hydra.run.dir / sweep.dir: refused (exit 2) if it holds a run
+    already (a new run would write over it), else made as `writable_folder` makes it."""
+    path = writable_folder(path)
+    held = list(path.glob("*/summary.json" if multirun else "summary.json"))
+    if held:
+        raise UsageError(f"'{path}' holds a run already ({held[0].parent}): continue it with "
+                         "resume=FOLDER, or give another folder.")
+    return path
+
+
+def writable_folder(path: Path) -> Path:
+    """`path`, made if needed; refused (exit 2) if it is a file, has a name the file system
+    cannot hold, or cannot be written."""
+    if any(len(part.encode()) > 255 for part in path.parts):
+        raise UsageError(f"The folder name '{path}' has a part longer than 255 bytes.")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"'{path}' is a file, not a folder for runs.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"Cannot make the run folder '{path}': {e.strerror}.") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"The run folder '{path}' cannot be written.")
+    return path
+
+
+def job_folder(cfg: DictConfig, overrides: list[str], resume: Path | None,
+               multirun: bool) -> tuple[Path, list[str]]:
+    """The run folder (or sweep folder) and the Hydra arguments that put the job there."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((o.split("=", 1)[1] for o in overrides
+                  if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))), None)
+    if resume:
+        return resume, [f"hydra.run.dir={resume}"]
+    if given:
+        if distributed.WORLD.master:
+            unused_folder(Path(given), multirun)
+        return Path(given), []
+    folder = None
+    if distributed.WORLD.master:
+        base = Path(cfg.paths.runs_dir) / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S")
+        folder = new_folder(writable_folder(base.parent) / base.name)
+    if distributed.under_torchrun():  # every rank runs this; all use rank 0's folder
+        folder = Path(distributed.broadcast(str(folder)))
+    return folder, [f"{key}={folder}"]
+
+
 def launch(experiment: str, overrides: list[str], multirun: bool = False) -> list[Path]:
     """Validate and run; returns the run folders written (one per job)."""
-    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
-    if resume:
-        if multirun:
-            raise UsageError("resume= continues one run; it cannot be combined with -m.")
-        run_dir = Path(resume).resolve()
-        original, previous = resume_overrides(run_dir)
-        if original and original != experiment:
-            raise UsageError(f"'{run_dir}' is a run of '{original}', not '{experiment}'.")
-        others = [o for o in overrides if not o.startswith("resume=")]
-        changed = {o.split("=", 1)[0].lstrip("+~") for o in others}  # new values win
-        kept = [o for o in previous if o.split("=", 1)[0].lstrip("+~") not in changed]
-        overrides = [*kept, *others, f"resume={run_dir}"]
+    resume, overrides = resumed_overrides(experiment, overrides, multirun)
     os.environ["TDX_COMMAND"] = shlex.join(
         ["tdx", "train", experiment, *overrides, *(["-m"] if multirun else [])])
     cfg = check(experiment, overrides, multirun)
     if not multirun:
         check_data(cfg)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    if distributed.under_torchrun():  # every rank runs this; all use rank 0's run folder
+    if distributed.under_torchrun():
         distributed.init_from_env(cfg.distributed.backend, cfg.distributed.timeout_s)
-        stamp = distributed.broadcast(stamp)
-    base = Path(cfg.paths.runs_dir) / cfg.name / stamp
-    argv = [f"experiment={experiment}", *overrides]
-    user_dir = next((o.split("=", 1)[1] for o in overrides
-                     if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))), None)
-    if resume:
-        argv.append(f"hydra.run.dir={Path(resume).resolve()}")
-        folders = [Path(resume).resolve()]
-    elif multirun:
-        sweep = Path(user_dir) if user_dir else base
-        argv = ["--multirun", *argv] + ([] if user_dir else [f"hydra.sweep.dir={sweep}"])
-        folders = [sweep]
-    else:
-        run_dir = Path(user_dir) if user_dir else base
-        argv += [] if user_dir else [f"hydra.run.dir={run_dir}"]
-        folders = [run_dir]
+    folder, where = job_folder(cfg, overrides, resume, multirun)
+    argv = [*(["--multirun"] if multirun else []), f"experiment={experiment}", *overrides,
+            *where]
     try:
-        _hydra_main(argv)
+        with folder_lock(folder) if distributed.WORLD.master else nullcontext():
+            if resume:  # under the lock, before anything is written: a resume that
+                engines.get(cfg.engine).check_resume(cfg, resume)  # fails changes nothing
+            _hydra_main(argv)
     except SweepStopped:  # the stopped job's folder says `interrupted`; the CLI exits 130
         pass
     finally:
@@ -228,9 +277,9 @@ def launch(experiment: str, overrides: list[str], multirun: bool = False) -> lis
             distributed.barrier()  # rank 0 has written the summary before anyone reports
             distributed.shutdown()  # left before exit: gloo's threads outliving it can abort
     if multirun:
-        return sorted((p.parent for p in folders[0].glob("*/summary.json")),
+        return sorted((p.parent for p in folder.glob("*/summary.json")),
                       key=lambda p: int(p.name) if p.name.isdigit() else p.name)
-    return folders
+    return [folder]
 
 
 def statuses(folders: list[Path]) -> list[str]:

@@ -13,8 +13,8 @@ import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from tdx.datafiles import read_lines
 from tdx.distributed import rank_zero_first
-from tdx.fairseq_data import read_lines
 from tdx.mt_data import prepare
 
 

@@ -70,7 +70,7 @@ def runs(tmp_path: Path) -> Path:
 def small_multi30k(tmp_path_factory) -> Path:
     """The first lines of the real Multi30k files (train 400, val/test 24 pairs), gzipped
     like the originals."""
-    from tdx.fairseq_data import read_lines
+    from tdx.datafiles import read_lines
 
     data = Path(os.environ["TDX_DATA_DIR"]) / "mt/multi30k"
     raw = tmp_path_factory.mktemp("multi30k")

@@ -111,7 +111,7 @@ def test_ood_text_reads_paragraphs_and_line_per_sentence_files(tmp_path):
     captions = text.ood_sentences(["text/captions.en.gz"], tmp_path)
     assert [len(a) for a in captions] == [20, 20, 5] and text.flatten(captions) == lines
     (tmp_path / "text" / "bad.gz").write_bytes(b"not gzip")
-    with pytest.raises(UsageError, match="not readable"):
+    with pytest.raises(UsageError, match="bad.gz is not a complete gzip file"):
         text.ood_sentences(["text/bad.gz"], tmp_path)
 
 
@@ -550,7 +550,7 @@ def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
         d = tmp_path / name
         d.mkdir()
         recipe = "ood" if name == "multi" else "adv_pgd"
-        (d / "summary.json").write_text(json.dumps({"final": {
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "final": {
             "task": "stsb", "recipe": recipe, "teacher": {"primary": 85.0},
             "student": {"primary": 64.0}, "pct_of_teacher": 75.3,
             "teacher_params": 22_700_000, "student_params": 720_000, "compression": 31.5}}))

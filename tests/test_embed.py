@@ -198,7 +198,7 @@ def test_seq_kd_trains_on_the_teachers_translations_in_order(tiny_teacher, tmp_p
     assert proc.returncode == 0 and (out / "made.json").stat().st_mtime_ns == made
 
     proc = tdx(*args, "seq_kd_beam=-1", "paths.runs_dir=runs3", cwd=tmp_path)
-    assert proc.returncode == 2 and "seq_kd_beam=-1: sequence-level KD needs a positive" in (
+    assert proc.returncode == 2 and "seq_kd_beam=-1: it must be a whole number >= 0" in (
         proc.stderr + proc.stdout)
 
 

@@ -237,12 +237,8 @@ def test_every_stage_runs_two_updates(tmp_path, smoke_tables):
     # one grid row: LR, bicubic, k=2 candidates, the 2 back-projected, HR; 96-px crops
     assert load_rgb(run / "srnam_grid.png").shape == (3, 96 + 2, 7 * (96 + 2))
     assert 0 < f["degradation/noise_std"] < 255 and f["degradation/camera_noise_std"] > 0
-    # a later evaluation reuses the trained stages instead of training them again
-    proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
-               "paths.runs_dir=again", cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "already trained" in proc.stdout + proc.stderr
-    # a selected stage is trained again (an ablation of D on the same G); G is reused
+    # a selected stage is trained again (an ablation of D on the same G); the stages it
+    # does not build on are reused, not trained again
     proc = tdx("train", "srnam", *FAST, "srnam.stages=[degradation]", f"srnam.init_from={run}",
                "srnam.degradation.init_sigma=3.0", "paths.runs_dir=ablate", cwd=tmp_path,
                timeout=600)
@@ -253,8 +249,6 @@ def test_every_stage_runs_two_updates(tmp_path, smoke_tables):
     again = summary(only_run(tmp_path / "ablate"))
     assert again["reused_stages"] == ["generator", "srcnn_bicubic"]  # not built on D
     assert again["final"]["degradation/d_psnr_start"] != f["degradation/d_psnr_start"]
-    assert summary(only_run(tmp_path / "again"))["reused_stages"] == [
-        "generator", "degradation", "srcnn_bicubic", "srcnn_learned"]
     # a D of the other kernel kind is not loaded in place of this one: exit 2, naming the key
     proc = tdx("train", "srnam", *FAST, "srnam.stages=[evaluate]", f"srnam.init_from={run}",
                "srnam.degradation.kernel=free", "paths.runs_dir=other", cwd=tmp_path)
@@ -264,8 +258,9 @@ def test_every_stage_runs_two_updates(tmp_path, smoke_tables):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("srnam.degradation.kernel=box", "use one of gaussian, free"),
-    ("srnam.degradation.init_sigma=-1.0", "a blur width in pixels, > 0")])
+    ("srnam.degradation.kernel=box", "it must be one of gaussian, free"),
+    ("srnam.degradation.init_sigma=-1.0", "it must be a number > 0, or null"),
+    ("srnam.stages=[nosuch]", "unknown SR-NAM stage(s) ['nosuch']")])
 def test_bad_degradation_settings_are_usage_errors(tmp_path, override, message):
     proc = tdx("train", "srnam", *FAST, override, "paths.runs_dir=runs", cwd=tmp_path)
     out = proc.stdout + proc.stderr
@@ -291,8 +286,13 @@ def test_bad_images_are_usage_errors(tmp_path, name, write, message):
         load_rgb(folder / name, min_size=48)
     proc = tdx("train", "srnam", *FAST, f"data.t91={folder}", "srnam.g_split=1",
                "paths.runs_dir=runs", cwd=tmp_path)
-    assert proc.returncode == 2 and message in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    # unreadable: found by the data check before any folder is made; the others by SR-NAM
+    said = "is not a readable image" if name == "broken.png" else message
+    assert proc.returncode == 2 and said in out and str(folder / name) in out, out[-2000:]
+    assert "Traceback" not in out
+    assert name == "broken.png" or (tmp_path / "runs").exists()
+    assert name != "broken.png" or not (tmp_path / "runs").exists()
 
 
 def test_loop_engine_sigterm_then_resume(tmp_path):
@@ -322,7 +322,7 @@ def test_evaluation_stops_between_images_on_a_signal(tmp_path):
     """A stop (Ctrl-C / SIGTERM) during the long evaluation is honoured at the next image,
     not only when every set is done."""
     from tdx.config import compose
-    from tdx.loop import Interrupted
+    from tdx.errors import Interrupted
     from tdx.run import RunDir, StopFlag
     from tdx.superres.nets import SRCNN, Generator
     from tdx.superres.srnam import evaluate

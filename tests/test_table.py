@@ -57,6 +57,7 @@ def test_a_table_spec_expands_reuses_and_tells_changed_settings_apart(tmp_path):
     assert all("toy.points=32" in summary(f)["command"] for f in big)  # `when`
     table = (tmp_path / "out" / "toy.md").read_text()
     assert "| 0.1 | " in table and "| 0.5 | " in table and "fits (2)" in table
+    assert (tmp_path / "out" / "toy.png").stat().st_size > 1000  # the spec's curves
     again = toy("--dry-run", runs=runs, cwd=tmp_path).stdout
     assert "3 done, 0 to resume, 0 to start" in again
     # a smaller scale is other settings: its own runs, except those it shares (start)

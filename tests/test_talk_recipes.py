@@ -16,7 +16,7 @@ from fairseq.models import ARCH_MODEL_REGISTRY
 
 import tdx.tdx_fairseq  # noqa: F401
 from tdx import lm_data, mt_data
-from tdx.fairseq_data import read_lines
+from tdx.datafiles import read_lines
 from tdx.fairseq_engine import PLUGIN_DIR
 from tdx.talk.models import TaLKConvLanguageModel, talkconv_lm_char
 from tdx.talk.module import TaLKConv

@@ -52,7 +52,18 @@ def test_nan_loss_marks_run_diverged(tmp_path, runs):
     proc = tdx("train", "copy", *TINY, *DIVERGE, f"paths.runs_dir={runs}", cwd=tmp_path)
     assert proc.returncode == 1
     s = summary(only_run(runs))
-    assert s["status"] == "diverged" and "nan" in s["error"].lower() or "inf" in s["error"]
+    assert s["status"] == "diverged" and "loss is nan" in s["error"], s
+
+
+def test_nan_gradient_marks_run_diverged_and_writes_no_crash_file(tmp_path, runs):
+    """fairseq's answer to a NaN gradient (crash.pt, a NanDetector re-run that fails with
+    an unrelated error) is replaced by the status a NaN loss gets."""
+    data = [o for o in TINY if not o.startswith("model.")]
+    proc = tdx("train", "copy", *data, "model=transformer", "optim=sgd", "optim.lr=1e30",
+               f"paths.runs_dir={runs}", cwd=tmp_path)
+    s = summary(only_run(runs))
+    assert proc.returncode == 1 and s["status"] == "diverged", proc.stdout + proc.stderr
+    assert "the gradient norm is nan" in s["error"] and not list(runs.rglob("crash.pt"))
 
 
 def test_multirun_records_a_diverging_job_and_runs_the_rest(tmp_path, runs):
@@ -92,6 +103,36 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert [r["step"] for r in got if r["split"] == "train"] == list(range(5, 401, 5))
     # resuming continues the same trajectory: same data order, dropout, optimiser state
     assert lines(run) == lines(only_run(ref_dir))
+
+
+def test_sigterm_during_the_test_decoding_stops_it_and_resume_tests(tmp_path, monkeypatch):
+    """A stop signal while the finished model decodes the test set ends the run
+    `interrupted` after that batch; the resume trains nothing more and only tests. (In
+    process, so that the signal lands in the test decoding for certain.)"""
+    from typer.testing import CliRunner
+
+    from tdx import seqeval
+    from tdx.cli.main import app
+
+    real = seqeval.generate
+
+    def generate(task, models, split, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+        for i, batch in enumerate(real(task, models, split, *args, **kw)):
+            if split == "test" and i == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(seqeval, "generate", generate)
+    res = CliRunner().invoke(app, ["train", "copy", *TINY, f"paths.runs_dir={tmp_path}"])
+    run = only_run(tmp_path)
+    assert res.exit_code == 130 and "interrupted while testing" in res.output, res.output
+    assert summary(run)["status"] == "interrupted" and summary(run)["final"] == {}
+    monkeypatch.setattr(seqeval, "generate", real)
+    res = CliRunner().invoke(app, ["train", "copy", f"resume={run}"])
+    s = summary(run)
+    assert res.exit_code == 0 and s["status"] == "completed" and s["final"]["n"] == 40
+    splits = [json.loads(x)["split"] for x in lines(run)]
+    assert splits.count("test") == 1 and splits.count("train") == 4  # nothing trained twice
 
 
 def test_resume_with_a_longer_budget_extends_the_run_and_records_it(tmp_path):
