@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,  # --install-completion: bash, zsh, fish
                   help="tdx: run the experiments of the TaLK / distillation / compression / "
                        "SR-NAM / attention papers.")
 data_app = typer.Typer(no_args_is_help=True, help="Data files: what each experiment needs.")
@@ -56,6 +56,32 @@ def usage_errors(fn: Any) -> Any:
     return wrapper
 
 
+class TrainCommand(typer.core.TyperCommand):
+    """`tdx train --help` ends with the experiments there are (plugins' too) and examples."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from tdx.config import experiments
+
+        names = ", ".join(experiments())
+        self.epilog = (f"Experiments: {names} (`tdx list` says what each does; `tdx show "
+                       "EXPERIMENT` prints its settings).\n\nExamples: `tdx train copy "
+                       "model=transformer seed=2` (one run) · `tdx train copy-study -m "
+                       "model=lstm,transformer seed=1,2,3` (a sweep, one folder per job) · "
+                       "`tdx train copy resume=runs/copy/2026-11-25_10-00-00` (continue one)")
+        super().format_help(ctx, formatter)
+
+
+def version(value: bool) -> None:
+    """`tdx --version`: tdx's version and the two it trains with."""
+    if value:
+        from importlib import metadata
+
+        v = {d: metadata.version(d) for d in ("tdx", "torch", "fairseq-fixed")}
+        out.print(f"tdx {v['tdx']} (torch {v['torch']}, fairseq {v['fairseq-fixed']})",
+                  highlight=False)
+        raise typer.Exit()
+
+
 def command_line() -> str:
     """The command as typed, for provenance stamps: 'tdx report runs/x --table copy'."""
     return shlex.join(["tdx", *sys.argv[1:]])
@@ -65,6 +91,9 @@ def command_line() -> str:
 def main(user_dir: Annotated[list[Path] | None, typer.Option(
         "--user-dir", help="a plugin folder (Python package) with more experiments, recipes "
                            "and report presets; repeatable; also TDX_USER_DIR")] = None,
+         _version: Annotated[bool, typer.Option(
+             "--version", callback=version, is_eager=True,
+             help="print tdx's version (and torch's, fairseq's) and exit")] = False,
          ) -> None:
     """tdx: run the experiments of the TaLK / distillation / compression / SR-NAM /
     attention papers."""
@@ -99,7 +128,7 @@ def show(experiment: str, overrides: Overrides = None) -> None:
     sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-@app.command()
+@app.command(cls=TrainCommand)
 @usage_errors
 def train(
     experiment: str, overrides: Overrides = None,

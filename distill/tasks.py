@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,43 +139,20 @@ def read(task: Task, data_dir: Path, split: str) -> list[Example]:
 
 
 # ----------------------------------------------------------------------------- metrics
-def _ranks(x: list[float]) -> list[float]:
-    """Average ranks (ties share the mean of their positions), for Spearman."""
-    order = sorted(range(len(x)), key=x.__getitem__)
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
-    sy = math.sqrt(sum((b - my) ** 2 for b in y))
-    return cov / (sx * sy) if sx > 0 and sy > 0 else 0.0
-
-
 def scores(task: Task, pred: list[float], gold: list[float]) -> dict[str, float]:
     """The task's metrics in percent (GLUE style), plus `primary`, their mean."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score
+
     out: dict[str, float] = {}
-    if task.regression:
-        out["pearson"] = 100 * pearson(pred, gold)
-        out["spearman"] = 100 * pearson(_ranks(pred), _ranks(gold))
+    if task.regression:  # a constant prediction has no correlation: 0 (scipy: nan)
+        varied = len(set(pred)) > 1 and len(set(gold)) > 1
+        out["pearson"] = 100 * float(pearsonr(pred, gold).statistic) if varied else 0.0
+        out["spearman"] = 100 * float(spearmanr(pred, gold).statistic) if varied else 0.0
     else:
-        out["acc"] = 100 * sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+        out["acc"] = 100 * float(accuracy_score(gold, pred))
         if "f1" in task.metrics:  # of the positive class
-            tp = sum(p == 1 and g == 1 for p, g in zip(pred, gold, strict=True))
-            fp = sum(p == 1 and g == 0 for p, g in zip(pred, gold, strict=True))
-            fn = sum(p == 0 and g == 1 for p, g in zip(pred, gold, strict=True))
-            out["f1"] = 100 * 2 * tp / max(1, 2 * tp + fp + fn)
+            out["f1"] = 100 * float(f1_score(gold, pred, pos_label=1, zero_division=0))
     out = {k: round(out[k], 2) for k in task.metrics}
     out["primary"] = round(sum(out.values()) / len(out), 2)
     return out

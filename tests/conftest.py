@@ -106,3 +106,30 @@ class SmokeTables:
 def smoke_tables(tmp_path_factory) -> SmokeTables:
     return SmokeTables(tmp_path_factory.mktemp("smoke-runs"),
                        tmp_path_factory.mktemp("smoke-out"))
+
+
+def events(run) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} as TensorBoard reads the run folder's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def logged(run) -> dict[str, list[tuple[int, float]]]:
+    """The same, from metrics.jsonl: the numbers TensorBoard must show."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        for k, v in r["metrics"].items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out.setdefault(f"{r['split']}/{k}", []).append((r["step"], v))
+    return out
+
+
+def assert_events_mirror_metrics(run) -> None:
+    got, want = events(run), logged(run)
+    assert sorted(got) == sorted(want)
+    for tag, points in want.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag

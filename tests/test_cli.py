@@ -34,6 +34,25 @@ def test_list_and_show(tmp_path):
     assert shown["name"] == "copy"
 
 
+def test_version_help_and_completion():
+    """In process (CliRunner): `--version`, `train --help` with every experiment and
+    examples, and Typer's shell-completion installer offered."""
+    from typer.testing import CliRunner
+
+    from tdx.cli.main import app
+    from tdx.config import experiments
+
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("tdx 0.") and "torch 2." in (
+        version.output)
+    helped = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(helped.output.split())
+    assert helped.exit_code == 0 and all(name in text for name in experiments()), text
+    assert "Examples: `tdx train copy model=transformer seed=2`" in text
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
 def _usage_error(args, tmp_path, *expected):
     proc = tdx(*args, cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)

@@ -65,7 +65,13 @@ def test_metrics_against_hand_computed_values():
     stsb = tasks.scores(tasks.get_task("stsb"), [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
     assert stsb["pearson"] == 80.0  # cov 4 / (sqrt 5 sqrt 5)
     assert stsb["spearman"] == 80.0  # same ranks as values
-    assert tasks._ranks([3.0, 1.0, 3.0]) == [1.5, 0.0, 1.5]
+    # ties share their mean rank: ranks (1.5, 0, 1.5, 3) against (0, 1, 2, 3): 0.6325
+    tied = tasks.scores(tasks.get_task("stsb"), [3.0, 1.0, 3.0, 5.0], [0.0, 1.0, 2.0, 3.0])
+    assert tied["spearman"] == 63.25
+    flat = tasks.scores(tasks.get_task("stsb"), [2.0, 2.0, 2.0], [1.0, 2.0, 3.0])
+    assert (flat["pearson"], flat["spearman"]) == (0.0, 0.0)  # a constant prediction
+    none = tasks.scores(mrpc, [0, 0], [0, 0])  # no positive class at all: F1 0, not an error
+    assert (none["f1"], none["acc"]) == (0.0, 100.0)
 
 
 def test_zero_shot_recipes_refuse_task_data(tmp_path):

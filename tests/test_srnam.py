@@ -36,7 +36,7 @@ from tdx.superres.srnam import (
     laplacian_l1,
 )
 
-from .conftest import TDX, only_run, summary, tdx, wait_for_lines
+from .conftest import TDX, assert_events_mirror_metrics, only_run, summary, tdx, wait_for_lines
 
 SR = Path(os.environ["TDX_DATA_DIR"]) / "sr"
 FAST = ["srnam.generator.steps=2", "srnam.generator.bank=64", "srnam.degradation.steps=2",
@@ -316,6 +316,7 @@ def test_loop_engine_sigterm_then_resume(tmp_path):
     assert [r["step"] for r in lines] == list(range(5, 151, 5))  # none lost or repeated
     ref = (only_run(tmp_path / "ref") / "metrics.jsonl").read_text()
     assert (run / "metrics.jsonl").read_text() == ref  # the same trajectory
+    assert_events_mirror_metrics(run)  # TensorBoard's copy was cut back with it
 
 
 def test_evaluation_stops_between_images_on_a_signal(tmp_path):

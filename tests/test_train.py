@@ -9,7 +9,16 @@ import yaml
 
 from tdx.config import CONF_DIR, group_options
 
-from .conftest import TDX, TINY, only_run, summary, tdx, wait_for_lines
+from .conftest import (
+    TDX,
+    TINY,
+    assert_events_mirror_metrics,
+    events,
+    only_run,
+    summary,
+    tdx,
+    wait_for_lines,
+)
 
 DIVERGE = ["optim=sgd", "optim.lr=1e38"]
 
@@ -34,6 +43,10 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, runs):
     assert [r["step"] for r in recs if r["split"] == "train"] == [5, 10, 15, 20]
     assert [r["step"] for r in recs if r["split"] == "valid"] == [10, 20]
     assert recs[-1]["split"] == "test"
+    assert list(run.glob("events.out.tfevents.*"))  # TensorBoard reads the same numbers
+    assert_events_mirror_metrics(run)
+    assert ("train/loss" in events(run) and "valid/exact_match" in events(run)
+            and "test/bleu_beam2" in events(run))
     assert "Results" in proc.stdout and "exact_match" in proc.stdout
     assert "step 10/20" in proc.stdout  # not a terminal: plain progress lines
 
@@ -103,6 +116,7 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert [r["step"] for r in got if r["split"] == "train"] == list(range(5, 401, 5))
     # resuming continues the same trajectory: same data order, dropout, optimiser state
     assert lines(run) == lines(only_run(ref_dir))
+    assert_events_mirror_metrics(run)  # the resume rewrote them: nothing twice
 
 
 def test_sigterm_during_the_test_decoding_stops_it_and_resume_tests(tmp_path, monkeypatch):
