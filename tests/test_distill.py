@@ -57,6 +57,21 @@ def test_eval_subset_is_a_seeded_sample_in_file_order():
     assert all(x in rest for x in sub)  # a subsequence: file order kept
 
 
+def test_the_teachers_files_are_the_published_ones(tmp_path):
+    """The installed wheel's files match the recorded sha256; one changed byte is refused."""
+    from tdx.distill.models import MINILM_SHA256, check_files, minilm_dir
+
+    folder = minilm_dir()  # checked on first use
+    for name in MINILM_SHA256:
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    check_files(tmp_path, MINILM_SHA256)
+    data = bytearray((tmp_path / "vocab.txt").read_bytes())
+    data[100] ^= 1
+    (tmp_path / "vocab.txt").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="vocab.txt is not the published file"):
+        check_files(tmp_path, MINILM_SHA256)
+
+
 def test_metrics_against_hand_computed_values():
     mrpc = tasks.get_task("mrpc")  # tp 2, fp 1, fn 1, tn 1: F1 = 4 / 6, acc 3 / 5
     s = tasks.scores(mrpc, [1, 1, 1, 0, 0], [1, 1, 0, 1, 0])
