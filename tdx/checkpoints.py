@@ -10,10 +10,14 @@ score, a numpy float64. We allow-list exactly those, once, instead of passing
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from tdx.errors import UsageError
 
 
 def fairseq_safe_globals() -> list[object]:
@@ -24,6 +28,21 @@ def fairseq_safe_globals() -> list[object]:
 def allow_fairseq_checkpoints() -> None:
     """Add fairseq's checkpoint classes to torch's weights_only allow-list (idempotent)."""
     torch.serialization.add_safe_globals(fairseq_safe_globals())
+
+
+def check_loadable(folder: Path, paths: list[Path], load: Callable[[Path], Any],
+                   key: str) -> None:
+    """Before a resume of `folder` writes anything: every one of `paths` loads with `load`
+    and is a dict holding `key`, else a UsageError naming the file (the folder unchanged)."""
+    for path in paths:
+        try:
+            blob = load(path)
+            if not isinstance(blob, dict) or key not in blob:
+                raise KeyError(f"no '{key}' in it")
+        except Exception as e:  # noqa: BLE001 - any reason: the file is not usable
+            raise UsageError(f"Cannot resume '{folder}': {path} cannot be loaded "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The "
+                             "folder is left as it was.") from None
 
 
 def load_fairseq_checkpoint(path: str | Path) -> dict:

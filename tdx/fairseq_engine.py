@@ -162,19 +162,12 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_resume(cfg: DictConfig, folder: Path) -> None:
-    """Engine interface: the run's checkpoint_last.pt exists and loads (weights only), so a
-    resume that cannot load it stops before writing anything (UsageError naming it)."""
-    from tdx.checkpoints import load_fairseq_checkpoint
+    """Engine interface: the run's checkpoint_last.pt loads (weights only) and holds a
+    model, so a resume that cannot use it stops before writing anything."""
+    from tdx.checkpoints import check_loadable, load_fairseq_checkpoint
 
-    last = folder / "checkpoints" / "checkpoint_last.pt"
-    try:
-        state = load_fairseq_checkpoint(last)
-        if "model" not in state:
-            raise KeyError("no model weights in it")
-    except Exception as e:  # noqa: BLE001 - any reason: the file is not usable
-        raise UsageError(f"Cannot resume '{folder}': {last} cannot be loaded "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The folder "
-                         "is left as it was.") from None
+    check_loadable(folder, [folder / "checkpoints" / "checkpoint_last.pt"],
+                   load_fairseq_checkpoint, "model")
 
 
 # ---------------------------------------------------------------- one run
@@ -459,7 +452,7 @@ def score(cfg: DictConfig, task: Any, model: Any,
                                      max_sentences=t.get("test_max_sentences"),
                                      batch_size=t.eval_batch_size, max_len_a=t.max_len_a,
                                      max_len_b=t.max_len_b,
-                                     stop=(lambda: bool(stop)) if stop is not None else None)
+                                     stop=stop)
         tag = "greedy" if beam == 1 else f"beam{beam}"
         final[f"sent_per_s_{tag}"] = scores.pop("sent_per_s")
         final["bleu_signature"] = scores.pop("bleu_signature")

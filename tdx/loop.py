@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tdx import plugins
+from tdx.checkpoints import check_loadable
 from tdx.distributed import WORLD, any_rank, checksum, gather, unwrap
 from tdx.engines import seed_everything
 from tdx.errors import Diverged, Interrupted, UsageError
@@ -72,16 +73,9 @@ def data_files(cfg: DictConfig) -> list[str]:
 
 def check_resume(cfg: DictConfig, folder: Path) -> None:
     """Engine interface: every stage checkpoint of the run loads (weights only), so a
-    resume that cannot use one stops before writing anything (UsageError naming it)."""
-    for path in sorted((folder / "checkpoints").glob("*.pt")):
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(blob, dict) or "state" not in blob:
-                raise KeyError("not a tdx stage checkpoint")
-        except Exception as e:  # noqa: BLE001 - any reason: the file is not usable
-            raise UsageError(f"Cannot resume '{folder}': {path} cannot be loaded "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The "
-                             "folder is left as it was.") from None
+    resume that cannot use one stops before writing anything."""
+    check_loadable(folder, sorted((folder / "checkpoints").glob("*.pt")),
+                   lambda p: torch.load(p, map_location="cpu", weights_only=True), "state")
 
 
 def train(cfg: DictConfig, run: RunDir, stop: StopFlag) -> str:

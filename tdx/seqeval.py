@@ -4,7 +4,7 @@ teacher-forced. Exact-match sentence accuracy, token accuracy and sacreBLEU."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import sacrebleu
@@ -56,9 +56,9 @@ def generate(task: Any, models: list[Any], split: str, beam: int = 1,
 def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
                         max_sentences: int | None = None, batch_size: int = 128,
                         max_len_a: float = 0, max_len_b: int = 50,
-                        stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                        stop: object = None) -> dict[str, Any]:
     """Decode `split` (see `generate`) and score it (see sequence_scores); Interrupted
-    as soon as `stop()` is true after a batch (a SIGTERM during the decoding).
+    as soon as `stop` (a StopFlag) is true after a batch (a SIGTERM during the decoding).
 
     Uses `task.decode_tokens(tensor) -> str` when the task defines it (detokenisation for
     BLEU), else the target dictionary's string; `task.reference_text(split, id)` for the
@@ -83,7 +83,7 @@ def evaluate_generation(task: Any, models: list[Any], split: str, beam: int = 1,
                 utils.strip_pad(sample["target"][i], tgt_dict.pad()))
         if max_sentences and len(hyps) >= max_sentences:
             break
-        if stop is not None and stop():
+        if stop:
             raise Interrupted
     seconds = time.time() - t0
     ids = sorted(hyps)
