@@ -255,7 +255,6 @@ def bench_talk_op(
     channels: Annotated[int, typer.Option(help="C")] = 512,
     heads: Annotated[int, typer.Option(help="H")] = 8,
     kmax: Annotated[int, typer.Option(help="K: TaLK maxima; kernel 2K+1 for convs")] = 15,
-    repeats: Annotated[int, typer.Option(help="timed repeats (median)")] = 5,
     min_time: Annotated[float, typer.Option(help="seconds of timed calls per median, at "
                                             "least")] = 1.0,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
@@ -268,7 +267,7 @@ def bench_talk_op(
     """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
     from tdx.talk import bench
 
-    out.print(bench.main(lengths, batch, channels, heads, kmax, repeats, min_time, ops, malloc,
+    out.print(bench.main(lengths, batch, channels, heads, kmax, min_time, ops, malloc,
                          json_file, md, plot, command_line(), progress),
               highlight=False, markup=False)
 
@@ -280,7 +279,8 @@ def bench_talk_model(
     length: Annotated[int, typer.Option(help="MT tokens per sentence (and generated)")] = 16,
     lm_tokens: Annotated[int, typer.Option(help="LM tokens per batch")] = 8192,
     contexts: Annotated[str, typer.Option(help="comma list of LM contexts")] = "256,1024",
-    repeats: Annotated[int, typer.Option(help="timed steps (median)")] = 6,
+    budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
+        10.0,
     malloc: Annotated[str, typer.Option(help="reuse (default) or system, as talk-op")] =
         "reuse",
     json_file: JsonFile = None, md: MdFile = None,
@@ -288,7 +288,7 @@ def bench_talk_model(
     """Training and beam-5 generation speed: TaLK vs Transformer, LightConv, DynamicConv."""
     from tdx.talk import bench_model
 
-    out.print(bench_model.main(batch, length, lm_tokens, contexts, repeats, malloc, json_file,
+    out.print(bench_model.main(batch, length, lm_tokens, contexts, budget, malloc, json_file,
                                md, command_line(), progress), highlight=False, markup=False)
 
 

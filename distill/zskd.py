@@ -33,16 +33,17 @@ The zero-shot recipes never see task inputs: their student data come only from
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
 from tdx.distill import text
 from tdx.distill.adversary import GumbelMLM, NeighbourPGD, nearest_neighbours
@@ -66,7 +67,7 @@ from tdx.distill.recipes import RECIPES, ZERO_SHOT
 from tdx.distill.tasks import Example, Task, get_task, read, scores
 from tdx.distributed import WORLD
 from tdx.errors import UsageError
-from tdx.loop import Stage, ema_update, load_state, run_stage, step_generator
+from tdx.loop import Stage, ema_update, load_state, run_stage, step_generator, weight_average
 from tdx.run import RunDir, StopFlag
 
 log = logging.getLogger("tdx")
@@ -97,15 +98,25 @@ class TaskData:
         return [examples[i] for i in keep]
 
 
-def lr_at(i: int, steps: int, lr: float, warmup: float) -> float:
-    """Linear warm-up over `warmup` of the updates, then linear decay to 0 (BERT)."""
+def warmup_then_decay(opt: torch.optim.Optimizer, steps: int, warmup: float
+                      ) -> SequentialLR:
+    """BERT's schedule (Devlin et al. 2019, A.2) from torch's LinearLR pieces: with
+    w = warmup * steps (at least 1), update i runs at (i + 1) / w of the peak rate while
+    i < w, then at (steps - i) / (steps - w). `at_update` moves it to an update."""
     w = max(1, int(warmup * steps))
-    return lr * (i + 1) / w if i < w else lr * max(0.0, (steps - i) / max(1, steps - w))
+    rise = LinearLR(opt, 1 / w, 1.0, total_iters=w - 1)
+    fall = LinearLR(opt, 1.0, 0.0, total_iters=max(1, steps - w))
+    return SequentialLR(opt, [rise, fall], milestones=[w])
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
+def at_update(schedule: LRScheduler, i: int) -> None:
+    """Set the rate of update i (0-based). A resumed run starts at its update, so the
+    schedule is stepped up to it; torch's warning that it steps before the optimiser (true
+    only of that catch-up) is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        while schedule.last_epoch < i:
+            schedule.step()
 
 
 def sample(pool: list, n: int, rng: torch.Generator) -> list:
@@ -165,6 +176,7 @@ def teacher_stage(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inp
                   eval_set: list[Example]) -> Stage:
     s = cfg.zskd.teacher
     opt = torch.optim.AdamW(teacher.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    schedule = warmup_then_decay(opt, s.steps, s.warmup)
     pool: list[Example] = []
 
     def step(i: int) -> dict[str, float]:
@@ -174,7 +186,7 @@ def teacher_stage(cfg: DictConfig, teacher: Teacher, data: TaskData, inputs: Inp
         rng = step_generator(cfg.seed, "teacher", i)
         batch, labels = inputs.examples(sample(pool, s.batch, rng))
         loss = label_loss(teacher(batch), labels, inputs.task.regression)
-        set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
+        at_update(schedule, i)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -235,12 +247,15 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
     s = cfg.zskd.student
     regression = inputs.task.regression
     opt = torch.optim.AdamW(student.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    schedule = warmup_then_decay(opt, s.steps, s.warmup)
     pool = data.student_examples() if recipe in ("labels", "kd_task") else []
     name = f"student_{recipe}"
 
     balance = ClassBalance() if s.balance and recipe in ZERO_SHOT else None
     crop = float(cfg.zskd.ood.crop) if recipe in ZERO_SHOT else 0.0
-    ema = freeze(copy.deepcopy(student)) if s.ema else None  # the averaged weights
+    ema = weight_average(student, s.ema) if s.ema else None
+    if ema is not None:
+        freeze(ema.module)  # averaged, never trained
 
     def kd(logits: Tensor, target: Tensor) -> Tensor:
         weight = None if balance is None else balance(target, regression)
@@ -263,13 +278,13 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
             loss = kd(student(batch), kd_targets(teacher, batch))
             adv_loss, metrics = adversarial_kd(adversary, teacher, student, batch, kd, rng)
             loss = loss + s.adv_weight * adv_loss
-        set_lr(opt, lr_at(i, s.steps, s.lr, s.warmup))
+        at_update(schedule, i)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         if ema is not None:
-            ema_update(ema, student, s.ema, i)
+            ema_update(ema, student, i)
         return {"loss": loss.item(), **metrics}
 
     def score(i: int) -> dict[str, float]:
@@ -277,14 +292,14 @@ def student_stage(cfg: DictConfig, recipe: str, teacher: Encoder, student: Stude
         own = evaluate(student, inputs, eval_set, batch)
         if ema is None:
             return own
-        return {**evaluate(ema, inputs, eval_set, batch),
+        return {**evaluate(ema.module, inputs, eval_set, batch),
                 **{f"raw_{k}": v for k, v in own.items()}}
 
     state: dict[str, Any] = {"student": student, "opt": opt}
     if balance is not None:
         state["balance"] = balance
     if ema is not None:
-        state["student_ema"] = ema
+        state["student_ema"] = ema.module  # a Student's state, as the student's
     if isinstance(adversary, GumbelMLM):
         state.update(G=adversary.gen, opt_g=adversary.opt)
     return Stage(name, s.steps, step, state, score, units=s.batch, unit_name="sequences")
@@ -309,6 +324,7 @@ def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any
     proj = torch.nn.Linear(cfg.zskd.student.dim, bert.config.hidden_size)  # P
     params = [*student.body.parameters(), *proj.parameters()]
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    schedule = warmup_then_decay(opt, p.steps, p.warmup)
     max_len = cfg.zskd.max_len_pair
 
     def step(i: int) -> dict[str, float]:
@@ -328,7 +344,7 @@ def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any
                                                     mean_states(h_t, batch.mask), dim=-1)
         sentence = (1 - cos).mean()
         loss = tokens + p.sentence_weight * sentence
-        set_lr(opt, lr_at(i, p.steps, p.lr, p.warmup))
+        at_update(schedule, i)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -2,7 +2,8 @@
 
 For each length T, every operator runs in a fresh subprocess (isolated from the others and
 bounded by a timeout): warm-up (up to 3 calls), then the median of forward and of
-forward+backward passes (at least `repeats` calls and a second of them), and the peak tensor
+forward+backward passes (`tdx.bench.median_time`: torch.utils.benchmark's adaptive timer,
+at least a second of timed calls), and the peak tensor
 memory above the inputs, from torch's profiler (allocations and frees in time order;
 compile-time memory of TaLK's fused path is not counted).
 
@@ -81,11 +82,11 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
-MIN_TIME_S = 1.0  # each median covers at least this much timed work (or `repeats` calls)
+MIN_TIME_S = 1.0  # each median covers at least this much timed work
 
 
-def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
-            budget_s: float, min_s: float = MIN_TIME_S) -> dict[str, Any]:
+def measure(op: str, T: int, B: int, C: int, H: int, K: int, budget_s: float,
+            min_s: float = MIN_TIME_S) -> dict[str, Any]:
     """Run in the worker subprocess: time and peak memory of one operator at one length."""
     import torch
 
@@ -102,7 +103,7 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
         del grads
 
     def ms(call: Callable[[], Any]) -> float:
-        return round(median_time(call, repeats, warmup=3, warmup_s=2.0, min_s=min_s,
+        return round(median_time(call, warmup=3, warmup_s=2.0, min_s=min_s,
                                  budget_s=budget_s) * 1e3, 3)
 
     return {"fwd_ms": ms(fwd), "fwd_bwd_ms": ms(fwd_bwd),
@@ -120,13 +121,12 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_one(op: str, T: int, B: int, C: int, H: int, K: int, repeats: int,
-            budget_s: float, timeout_s: float, malloc: str = "reuse",
-            min_s: float = MIN_TIME_S) -> dict[str, Any]:
+def run_one(op: str, T: int, B: int, C: int, H: int, K: int, budget_s: float,
+            timeout_s: float, malloc: str = "reuse", min_s: float = MIN_TIME_S
+            ) -> dict[str, Any]:
     """One operator at one length in a worker process (see run_worker)."""
     return run_worker([sys.executable, "-m", "tdx.talk.bench", op, str(T), str(B), str(C),
-                       str(H), str(K), str(repeats), str(budget_s), str(min_s)], timeout_s,
-                      malloc)
+                       str(H), str(K), str(budget_s), str(min_s)], timeout_s, malloc)
 
 
 def run_worker(cmd: list[str], timeout_s: float, malloc: str = "reuse") -> dict[str, Any]:
@@ -202,7 +202,7 @@ def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
-                  repeats: int = 5, budget_s: float = 20.0, timeout_s: float = 900.0,
+                  budget_s: float = 20.0, timeout_s: float = 900.0,
                   min_time_s: float = MIN_TIME_S,
                   ops: tuple[str, ...] = OPS, malloc: str = "reuse",
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -217,12 +217,12 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
         results[T] = {}
         for op in ops:
             progress(f"T={T:>6} {op:<12} ...")
-            results[T][op] = run_one(op, T, batch, channels, heads, kmax, repeats, budget_s,
+            results[T][op] = run_one(op, T, batch, channels, heads, kmax, budget_s,
                                      timeout_s, malloc, min_time_s)
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
-                   "kmax": kmax, "kernel_size": 2 * kmax + 1, "repeats": repeats,
-                   "min_time_s": min_time_s,
+                   "kmax": kmax, "kernel_size": 2 * kmax + 1, "min_time_s": min_time_s,
+                   "budget_s": budget_s,
                    "dtype": "float32", "malloc": malloc, "malloc_env": MALLOC[malloc],
                    "talk_kernel": _talk_kernel_built()},
         "machine": machine_info(), "git_commit": git_commit(),
@@ -233,8 +233,8 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
     }
 
 
-def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, repeats: int,
-         min_time: float, ops: str, malloc: str, json_file: Path | None, md: Path | None,
+def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, min_time: float,
+         ops: str, malloc: str, json_file: Path | None, md: Path | None,
          plot_file: Path | None, command: str, progress: Callable[[str], None] = print) -> str:
     """`tdx bench talk-op`: check the options, measure, write the files; the report."""
     Ts = int_list(lengths, "--lengths")
@@ -243,10 +243,10 @@ def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, repeats
     if unknown or not chosen:
         raise UsageError(f"Unknown operator(s) {unknown or [ops]}; choose from "
                          f"{', '.join(OPS)}.")
-    positive(batch=batch, channels=channels, heads=heads, repeats=repeats)
+    positive(batch=batch, channels=channels, heads=heads)
     if kmax < 0 or min_time < 0:
         raise UsageError("--kmax and --min-time must be >= 0.")
-    res = run_benchmark(Ts, batch, channels, heads, kmax, repeats, ops=chosen, malloc=malloc,
+    res = run_benchmark(Ts, batch, channels, heads, kmax, ops=chosen, malloc=malloc,
                         min_time_s=min_time, progress=progress)
     text = to_markdown(res, command)
     write_outputs(res, text, command, json_file, md)
@@ -267,8 +267,9 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         "# TaLK operator benchmark", "",
         f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
         f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms "
-        f"(after up to 3 warm-up calls, of at least {cfg['repeats']} calls and "
-        f"{cfg.get('min_time_s', 0)} s of them); memory is the peak tensor memory above the "
+        f"(torch.utils.benchmark, after up to 3 warm-up calls: blocks of calls until at "
+        f"least 4 blocks and {cfg['min_time_s']} s of them with an interquartile range under "
+        f"10% of the median, or {cfg['budget_s']} s); memory is the peak tensor memory above the "
         "inputs in MB (torch profiler). "
         f"TaLK path: {'C++ kernel' if cfg.get('talk_kernel') else 'tensor ops'}; "
         f"allocator: {cfg.get('malloc', 'system')} {cfg.get('malloc_env') or '(glibc defaults)'}.",
@@ -321,7 +322,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # worker: python -m tdx.talk.bench OP T B C H K REPEATS BUDGET MIN
+if __name__ == "__main__":  # worker: python -m tdx.talk.bench OP T B C H K BUDGET MIN
     op, *nums = sys.argv[1:]
-    T, B, C, H, K, R = map(int, nums[:6])
-    print(json.dumps(measure(op, T, B, C, H, K, R, float(nums[6]), float(nums[7]))))
+    T, B, C, H, K = map(int, nums[:5])
+    print(json.dumps(measure(op, T, B, C, H, K, float(nums[5]), float(nums[6]))))

@@ -72,7 +72,7 @@ def _train_step(model: Any, crit: Any, sample: dict) -> Callable[[], None]:
     return step
 
 
-def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, float]:
+def measure_mt(arch: str, batch: int, length: int, budget_s: float) -> dict[str, float]:
     import torch
     from fairseq.criterions.label_smoothed_cross_entropy import (
         LabelSmoothedCrossEntropyCriterion,
@@ -90,20 +90,19 @@ def measure_mt(arch: str, batch: int, length: int, repeats: int) -> dict[str, fl
                             "prev_output_tokens": torch.cat([eos, tgt[:, :-1]], 1)},
               "target": tgt, "ntokens": batch * length}
 
-    train_s = median_time(_train_step(model, crit, sample), repeats, warmup=2)
+    train_s = median_time(_train_step(model, crit, sample), warmup=2, budget_s=budget_s)
     model.eval()
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0,
                             max_len_b=length, min_len=length)
     net = {"net_input": {"src_tokens": src, "src_lengths": sample["net_input"]["src_lengths"]}}
     with torch.no_grad():
-        gen_s = median_time(lambda: gen.generate([model], net), max(repeats // 2, 2),
-                            warmup=1)
+        gen_s = median_time(lambda: gen.generate([model], net), warmup=1, budget_s=budget_s)
     return {"params": sum(p.numel() for p in model.parameters()),
             "train_words_per_s": round(batch * length / train_s, 1),
             "gen_sent_per_s": round(batch / gen_s, 2)}
 
 
-def measure_lm(arch: str, context: int, tokens: int, repeats: int) -> dict[str, float]:
+def measure_lm(arch: str, context: int, tokens: int, budget_s: float) -> dict[str, float]:
     import torch
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 
@@ -120,7 +119,8 @@ def measure_lm(arch: str, context: int, tokens: int, repeats: int) -> dict[str, 
 
     step = _train_step(model, crit, sample)
     return {"params": sum(p.numel() for p in model.parameters()),
-            "train_tok_per_s": round(batch * context / median_time(step, repeats, warmup=2), 1)}
+            "train_tok_per_s": round(batch * context
+                                     / median_time(step, warmup=2, budget_s=budget_s), 1)}
 
 
 def ratios_and_checks(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,7 +151,7 @@ def ratios_and_checks(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
-                  contexts: tuple[int, ...] = (256, 1024), repeats: int = 6,
+                  contexts: tuple[int, ...] = (256, 1024), budget_s: float = 10.0,
                   timeout_s: float = 1800.0, malloc: str = "reuse",
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
     from tdx.run import git_commit, machine_info
@@ -162,17 +162,17 @@ def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
     for name, arch in MT_MODELS.items():
         progress(f"MT {name:<12} ({arch}) ...")
         res["mt"][name] = run_worker([*worker, "mt", arch, str(batch), str(length),
-                                      str(repeats)], timeout_s, malloc)
+                                      str(budget_s)], timeout_s, malloc)
     for ctx in contexts:
         res["lm"][str(ctx)] = {}
         for name, arch in LM_MODELS.items():
             progress(f"LM {name:<12} ({arch}) context {ctx} ...")
             res["lm"][str(ctx)][name] = run_worker(
-                [*worker, "lm", arch, str(ctx), str(lm_tokens), str(repeats)], timeout_s,
+                [*worker, "lm", arch, str(ctx), str(lm_tokens), str(budget_s)], timeout_s,
                 malloc)
     ratios, checks = ratios_and_checks(res)
     return {"config": {"batch": batch, "length": length, "lm_tokens": lm_tokens,
-                       "contexts": list(contexts), "repeats": repeats, "vocab": VOCAB,
+                       "contexts": list(contexts), "budget_s": budget_s, "vocab": VOCAB,
                        "lm_vocab": LM_VOCAB, "beam": 5, "malloc": malloc, "mt_models": MT_MODELS,
                        "lm_models": LM_MODELS},
             "machine": machine_info(), "git_commit": git_commit(),
@@ -180,17 +180,17 @@ def run_benchmark(batch: int = 64, length: int = 16, lm_tokens: int = 8192,
             "checks": checks}
 
 
-def main(batch: int, length: int, lm_tokens: int, contexts: str, repeats: int, malloc: str,
+def main(batch: int, length: int, lm_tokens: int, contexts: str, budget: float, malloc: str,
          json_file: Path | None, md: Path | None, command: str,
          progress: Callable[[str], None] = print) -> str:
     """`tdx bench talk-model`: check the options, measure, write the files; the report."""
     from tdx.talk.bench import MALLOC
 
     ctx = tuple(int_list(contexts, "--contexts"))
-    positive(batch=batch, length=length, lm_tokens=lm_tokens, repeats=repeats)
+    positive(batch=batch, length=length, lm_tokens=lm_tokens, budget=budget)
     if malloc not in MALLOC:
         raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
-    res = run_benchmark(batch, length, lm_tokens, ctx, repeats, malloc=malloc,
+    res = run_benchmark(batch, length, lm_tokens, ctx, budget, malloc=malloc,
                         progress=progress)
     text = to_markdown(res, command)
     write_outputs(res, text, command, json_file, md)
@@ -207,7 +207,8 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
              f"{cfg['lm_vocab']} for the character LMs), float32, CPU. "
              f"MT: {cfg['batch']} sentences of {cfg['length']} tokens each side; generation "
              f"beam {cfg['beam']}, exactly {cfg['length']} output tokens. LM: "
-             f"{cfg['lm_tokens']} tokens per batch. Medians of {cfg['repeats']} steps.", "",
+             f"{cfg['lm_tokens']} tokens per batch. Medians per step (`tdx.bench.median_time`, "
+             f"torch.utils.benchmark; at most {cfg['budget_s']} s each).", "",
              "| MT model | arch | params | train words/s | beam-5 sent/s |",
              "|---|---|---|---|---|"]
     for name, r in res["mt"].items():
@@ -224,8 +225,8 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines + targets_and_provenance(report, command))
 
 
-if __name__ == "__main__":  # worker: mt ARCH B L REPEATS | lm ARCH CONTEXT TOKENS REPEATS
+if __name__ == "__main__":  # worker: mt ARCH B L BUDGET | lm ARCH CONTEXT TOKENS BUDGET
     kind, arch, *nums = sys.argv[1:]
-    a, b, reps = map(int, nums)
-    out = measure_mt(arch, a, b, reps) if kind == "mt" else measure_lm(arch, a, b, reps)
+    a, b, budget = int(nums[0]), int(nums[1]), float(nums[2])
+    out = measure_mt(arch, a, b, budget) if kind == "mt" else measure_lm(arch, a, b, budget)
     print(json.dumps(out))

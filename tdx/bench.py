@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,28 +37,25 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3,
-                warmup_s: float = math.inf, min_s: float = 0.0, budget_s: float = math.inf
-                ) -> float:
-    """Seconds per call of fn, for every benchmark: `warmup` calls first (allocator growth,
-    first-touch pages, one-time setup; at least one, no more once `warmup_s` seconds have
-    passed), then the median of at least `repeats` calls that together take at least `min_s`
-    seconds (five 5-ms calls gave medians from 5.3 to 7.9 ms), stopping once `budget_s` is
-    spent."""
+def median_time(fn: Callable[[], Any], warmup: int = 3, warmup_s: float = math.inf,
+                min_s: float = 0.0, budget_s: float = 10.0, iqr: float = 0.1) -> float:
+    """Seconds per call of fn, for every benchmark, timed by torch.utils.benchmark's
+    `Timer.adaptive_autorange` on the caller's threads: after `warmup` calls (allocator
+    growth, first-touch pages, one-time setup; at least one, no more once `warmup_s` seconds
+    have passed), blocks of calls (sized by torch so the timer's own cost is under 1e-4 of
+    a block: a 5-ms call is timed in blocks of 10) until there are at least 4 blocks and
+    `min_s` seconds of them and the blocks' interquartile range is under `iqr` of their
+    median, or `budget_s` is spent; the median over blocks, per call."""
+    import torch
+    from torch.utils import benchmark
+
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
         if time.perf_counter() - start > warmup_s:
             break
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_s:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times)
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.adaptive_autorange(iqr, min_run_time=min_s, max_run_time=budget_s).median
 
 
 def int_list(text: str, option: str) -> list[int]:

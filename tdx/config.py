@@ -200,6 +200,9 @@ def check_runtime(name: str, cfg: DictConfig) -> None:
     if cfg.distributed.backend not in ("gloo", "nccl"):
         raise UsageError(f"distributed.backend={cfg.distributed.backend}: use gloo (CPU) or "
                          "nccl (GPUs).")
+    if cfg.mlflow.enabled:
+        from tdx import tracking
+        tracking.check(cfg)
 
 
 def _kind(v: Any) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from tdx import plugins
 from tdx.checkpoints import check_loadable
@@ -113,18 +114,23 @@ class Stage:
     extra: dict[str, Any] = field(default_factory=dict)  # saved with the stage (numbers)
 
 
-@torch.no_grad()
-def ema_update(avg: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """Exponential moving average of a model's weights (Polyak & Juditsky 1992), after
-    update `step` (0-based): avg <- d avg + (1 - d) model with d = min(decay,
-    (1 + step) / (10 + step)), so the first updates are not held back by the start.
-    Integer buffers are copied."""
-    d = min(decay, (1 + step) / (10 + step))
-    for a, p in zip(avg.state_dict().values(), model.state_dict().values(), strict=True):
-        if a.is_floating_point():
-            a.lerp_(p, 1 - d)
-        else:
-            a.copy_(p)
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of model's weights (Polyak & Juditsky 1992), kept by
+    torch.optim.swa_utils.AveragedModel from a copy of model (`.module` is the averaged
+    model): after update `step` (0-based) `ema_update` makes avg <- d avg + (1 - d) model
+    with d = min(decay, (1 + step) / (10 + step)), so the first updates are not held back
+    by the start. Buffers are copied from the model."""
+    def avg_fn(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return avg.lerp(new, 1 - min(decay, int(n) / (int(n) + 9)))  # n = step + 1
+
+    return AveragedModel(model, avg_fn=avg_fn)
+
+
+def ema_update(avg: AveragedModel, model: nn.Module, step: int) -> None:
+    """Average in the weights of update `step`. The count is the update's number, not the
+    calls made in this process, so a resumed run continues the same decay."""
+    avg.n_averaged.fill_(step + 1)
+    avg.update_parameters(model)
 
 
 def step_generator(seed: int, stage: str, i: int) -> torch.Generator:

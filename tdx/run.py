@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import math
 import os
 import platform
@@ -152,6 +153,7 @@ class RunDir:
         self.t0 = time.time()
         self.summary: dict[str, Any] = {}
         self._events: Any = None  # TensorBoard's SummaryWriter, made on the first log
+        self.mirror: Any = None  # an experiment tracker's run (tdx.tracking), if one is on
 
     # -- config ------------------------------------------------------------------
     def write_config(self, config: dict, overrides: list[str]) -> None:
@@ -170,6 +172,7 @@ class RunDir:
             f.flush()
         self._scalars(step, split, metrics)
         self._events.flush()  # a killed run keeps what it logged, as metrics.jsonl does
+        self._mirror("log", [(step, split, metrics)])
 
     def truncate_metrics(self, step: int, prefix: str = "") -> None:
         """Keep only lines with step <= `step` (used when resuming from a checkpoint); with
@@ -188,6 +191,8 @@ class RunDir:
             self._scalars(r["step"], r["split"], r["metrics"])
         if self._events is not None:
             self._events.flush()
+        if self._mirror("replace", [(r["step"], r["split"], r["metrics"]) for _, r in keep]):
+            self.update(mlflow_run_id=self.mirror.run_id)
 
     # -- TensorBoard -------------------------------------------------------------
     def _scalars(self, step: int, split: str, metrics: dict[str, Any]) -> None:
@@ -196,8 +201,29 @@ class RunDir:
             from torch.utils.tensorboard import SummaryWriter
 
             self._events = SummaryWriter(log_dir=str(self.path), flush_secs=30)
-        for key, value in _numbers(metrics):
+        for key, value in numbers(metrics):
             self._events.add_scalar(f"{split}/{key}", value, step)
+
+    # -- an experiment tracker (tdx.tracking) --------------------------------------
+    def track(self, mirror: Any) -> None:  # noqa: ANN401 - any tracker with log/replace/end
+        """Mirror every metrics line to `mirror` from now on (None: no tracker)."""
+        self.mirror = mirror if self.writer else None
+        if self.mirror is not None:
+            self.update(mlflow_run_id=self.mirror.run_id)
+
+    def _mirror(self, method: str, *args: Any) -> bool:
+        """Call the tracker; one that fails is reported once and dropped (the folder is
+        the record, and training goes on)."""
+        if self.mirror is None:
+            return False
+        try:
+            getattr(self.mirror, method)(*args)
+            return True
+        except Exception as e:  # noqa: BLE001 - whatever the store raises
+            logging.getLogger("tdx").warning("experiment tracker dropped: %s: %s",
+                                             type(e).__name__, e)
+            self.mirror = None
+            return False
 
     def close_events(self) -> None:
         if self._events is not None:
@@ -218,6 +244,8 @@ class RunDir:
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "resumed": previous.get("resumed", 0) + int(resumed),
         }
+        if previous.get("mlflow_run_id"):  # a resume continues the same MLflow run
+            self.summary["mlflow_run_id"] = previous["mlflow_run_id"]
         # the first command stays `command`; each resume's is added
         resumes = previous.get("resume_commands", []) + ([command] if resumed and command
                                                           else [])
@@ -240,6 +268,7 @@ class RunDir:
         self.summary.update(fields, status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.flush()
         self.close_events()
+        self._mirror("end", status)
 
     def flush(self) -> None:
         if not self.writer:
@@ -249,11 +278,11 @@ class RunDir:
         atomic_write(self.summary_path, json.dumps(_clean(self.summary), indent=2) + "\n")
 
 
-def _numbers(metrics: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+def numbers(metrics: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
     """(key, value) of the numbers in a (nested) metrics dict; text and flags left out."""
     for key, value in metrics.items():
         if isinstance(value, dict):
-            yield from _numbers(value, f"{prefix}{key}/")
+            yield from numbers(value, f"{prefix}{key}/")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             yield f"{prefix}{key}", float(value)
 

@@ -50,7 +50,8 @@ from tdx.run import read_json
 REF = re.compile(r"@([A-Za-z_][\w-]*)")
 SCALES = ("full", "smoke")
 DONE = ("completed", "diverged")  # a diverged run is a result too (the table says so)
-VOLATILE = ("paths", "hydra", "resume", "description")  # not a setting of the run
+# not settings of the run: where it is written and logged, how it was started
+VOLATILE = ("paths", "hydra", "resume", "description", "mlflow")
 
 
 @dataclass
@@ -169,12 +170,18 @@ def identify(spec: Spec) -> None:
                  for o in run.overrides]
         key = (run.experiment, tuple(subst))
         if key not in cache:
-            cfg = OmegaConf.to_container(compose_checked(run.experiment, subst), resolve=False)
-            settings = _settled({k: v for k, v in cfg.items() if k not in VOLATILE})
-            text = json.dumps({"experiment": run.experiment, "settings": settings},
-                              sort_keys=True, default=str)
-            cache[key] = hashlib.sha256(text.encode()).hexdigest()[:12]
+            cache[key] = settings_id(run.experiment, subst)
         run.id = cache[key]
+
+
+def settings_id(experiment: str, overrides: list[str]) -> str:
+    """12 hex digits of the sha256 of the composed settings (VOLATILE sections and null
+    leaves left out): equal settings, equal identity."""
+    cfg = OmegaConf.to_container(compose_checked(experiment, overrides), resolve=False)
+    settings = _settled({k: v for k, v in cfg.items() if k not in VOLATILE})
+    text = json.dumps({"experiment": experiment, "settings": settings}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _settled(node: Any) -> Any:

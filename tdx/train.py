@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tdx import distributed, engines
+from tdx import distributed, engines, tracking
 from tdx.config import CONF_DIR, check, check_data, searchpath
 from tdx.errors import UsageError
 from tdx.run import RunDir, catch_stop_signals, folder_lock, new_folder, read_json
@@ -48,6 +48,8 @@ def run_job(cfg: DictConfig) -> str:
     run.write_config(OmegaConf.to_container(cfg, resolve=True), overrides)
     run.start(int(cfg.seed), str(cfg.name), resumed=bool(cfg.resume),
               command=os.environ.get("TDX_COMMAND", ""))
+    if run.writer:
+        run.track(tracking.open_mirror(cfg, run.path, run.summary))
     log.info("run folder: %s", run.path)
     status, stopped = "failed", False
     try:
@@ -147,6 +149,8 @@ def rank_worker(local_rank: int, cfg_dict: dict, run_path: str, init_method: str
     distributed.init(rank, d.world_size, local_rank, d.backend, init_method, d.timeout_s)
     run = RunDir(run_path, writer=rank == 0)
     run.attach()
+    if run.writer:
+        run.track(tracking.open_mirror(cfg, run.path, run.summary))
     try:
         with catch_stop_signals() as stop:
             engines.get(cfg.engine).train(cfg, run, stop)

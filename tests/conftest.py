@@ -133,3 +133,25 @@ def assert_events_mirror_metrics(run) -> None:
     for tag, points in want.items():
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def assert_mlflow_mirrors_metrics(runs_root, run) -> None:
+    """The run's MLflow run (SQLite store in the runs root) holds the folder's numbers, its
+    config and provenance, and is the only live run of the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_root.resolve() / 'mlflow.db'}")
+    s = summary(run)
+    exp = client.get_experiment_by_name(s["experiment"])
+    live = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in live] == [s["mlflow_run_id"]]
+    got = live[0]
+    assert got.info.status == {"completed": "FINISHED"}.get(s["status"], "KILLED")
+    assert got.data.tags["tdx.folder"] == str(run.resolve().relative_to(runs_root.resolve()))
+    assert got.data.tags["tdx.commit"] == s["git_commit"]
+    assert got.data.params["seed"] == str(s["seed"])
+    for tag, points in logged(run).items():
+        history = sorted((m.step, m.value) for m in client.get_metric_history(got.info.run_id,
+                                                                              tag))
+        assert [st for st, _ in history] == [st for st, _ in points], tag
+        assert [v for _, v in history] == pytest.approx([v for _, v in points], rel=1e-6), tag

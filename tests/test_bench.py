@@ -14,7 +14,7 @@ from .conftest import tdx
 def test_bench_talk_op_tiny(tmp_path):
     js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     proc = tdx("bench", "talk-op", "--lengths", "32", "--batch", "1", "--channels", "16",
-               "--heads", "2", "--kmax", "3", "--repeats", "1", "--min-time", "0",
+               "--heads", "2", "--kmax", "3", "--min-time", "0",
                "--ops", "talk,lightconv,floor",
                "--json", str(js), "--md", str(md), "--plot", str(png), cwd=tmp_path,
                timeout=600)
@@ -48,17 +48,33 @@ def test_cpu_caches_reads_the_unified_levels(tmp_path):
     assert cpu_caches(tmp_path / "missing") == ""
 
 
+def busy(seconds: float):
+    """A call that takes `seconds` of CPU time (a sleep would measure the scheduler)."""
+    def call() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    return call
+
+
+def test_timing_gives_a_calls_duration():
+    """torch.utils.benchmark's timer, as median_time drives it, reads a 2-ms call as 2 ms:
+    blocks of calls, divided back to one call."""
+    assert 2e-3 <= median_time(busy(2e-3), warmup=1) < 2.4e-3
+
+
 def test_timing_covers_a_minimum_time_and_respects_the_budget():
     calls = []
     fast = lambda: calls.append(time.sleep(0.001))  # noqa: E731
-    median_time(fast, repeats=3, warmup=0, min_s=0.05)
-    assert len(calls) >= 10  # not just the 3 repeats: a short call is timed many times
+    median_time(fast, warmup=0, min_s=0.05)
+    assert len(calls) >= 10  # a short call is timed many times
     calls.clear()
-    median_time(lambda: calls.append(time.sleep(0.02)), repeats=50, warmup=0, budget_s=0.05)
-    assert 2 <= len(calls) <= 4  # the budget stops long calls early
+    median_time(lambda: calls.append(time.sleep(0.02)), warmup=0, budget_s=0.05)
+    assert 2 <= len(calls) <= 5  # the budget stops long calls early
     calls.clear()
-    median_time(lambda: calls.append(time.sleep(0.02)), repeats=1, warmup=3, warmup_s=0.01)
-    assert len(calls) == 1 + 1  # at least one warm-up call, more only while time allows
+    median_time(lambda: calls.append(time.sleep(0.02)), warmup=3, warmup_s=0.01, budget_s=0.01)
+    assert len(calls) == 1 + 2  # one warm-up call (no more once the time is up), then
+    # torch's block-size estimate and one block
 
 
 def test_targets_are_evaluated_from_numbers():
@@ -88,7 +104,7 @@ def test_bench_bad_arguments(tmp_path):
 def test_bench_talk_model_tiny(tmp_path):
     js, md = tmp_path / "m.json", tmp_path / "m.md"
     proc = tdx("bench", "talk-model", "--batch", "2", "--length", "5", "--lm-tokens", "32",
-               "--contexts", "16", "--repeats", "1", "--json", str(js), "--md", str(md),
+               "--contexts", "16", "--budget", "1", "--json", str(js), "--md", str(md),
                cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(js.read_text())

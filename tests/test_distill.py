@@ -13,9 +13,9 @@ import yaml
 
 from tdx.distill import tasks, text
 from tdx.distill.losses import ClassBalance, kd_loss, label_loss
-from tdx.distill.zskd import TaskData
+from tdx.distill.zskd import TaskData, at_update, warmup_then_decay
 from tdx.errors import UsageError
-from tdx.loop import ema_update
+from tdx.loop import ema_update, weight_average
 
 from .conftest import only_run, summary, tdx
 
@@ -174,15 +174,60 @@ def test_crop_draws_contiguous_spans_of_at_least_four_words():
 
 
 def test_weight_average_against_hand_computed_values():
-    avg, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-    for m, v in ((avg, 0.0), (model, 1.0)):
+    avg_of, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    for m, v in ((avg_of, 0.0), (model, 1.0)):
         torch.nn.init.constant_(m.weight, v)
         torch.nn.init.constant_(m.bias, v)
-    ema_update(avg, model, 0.99, 0)  # d = min(0.99, 1/10): mostly the new weights
-    torch.testing.assert_close(avg.weight, torch.full((1, 2), 0.9))
-    ema_update(avg, model, 0.5, 1000)  # d = 0.5
-    torch.testing.assert_close(avg.bias, torch.tensor([0.95]))
+    avg = weight_average(avg_of, 0.99)
+    ema_update(avg, model, 0)  # d = min(0.99, 1/10): mostly the new weights
+    torch.testing.assert_close(avg.module.weight, torch.full((1, 2), 0.9))
+    avg.module.bias.data.fill_(0.9)
+    avg = weight_average(avg.module, 0.5)
+    ema_update(avg, model, 1000)  # d = 0.5
+    torch.testing.assert_close(avg.module.bias, torch.tensor([0.95]))
     assert model.weight.eq(1).all()  # the trained model is left alone
+
+
+def test_weight_average_is_the_formula_and_resumes():
+    """swa_utils' AveragedModel, driven by update numbers, gives bit for bit the formula
+    avg <- d avg + (1 - d) w, d = min(decay, (1 + i) / (10 + i)), also across a resume."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    ref = [t.clone() for t in model.state_dict().values()]
+    avg = weight_average(model, 0.97)
+    for i in range(60):
+        with torch.no_grad():
+            for w in model.parameters():
+                w.add_(torch.randn_like(w))
+        if i == 30:  # a resume: a new average from the saved weights
+            saved = avg.module.state_dict()
+            avg = weight_average(model, 0.97)
+            avg.module.load_state_dict(saved)
+        ema_update(avg, model, i)
+        d = min(0.97, (1 + i) / (10 + i))
+        ref = [r.lerp(w, 1 - d) for r, w in zip(ref, model.state_dict().values(), strict=True)]
+    for got, want in zip(avg.module.state_dict().values(), ref, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_warmup_then_decay_is_berts_schedule_and_resumes():
+    """torch's LinearLR pieces give the rate (i + 1) / w, then (steps - i) / (steps - w), of
+    the peak, within float rounding, from a fresh start and from a resumed update."""
+    def closed_form(i: int, steps: int, warmup: float) -> float:
+        w = max(1, int(warmup * steps))
+        return (i + 1) / w if i < w else (steps - i) / max(1, steps - w)
+
+    for steps, warmup, resume in ((3000, 0.1, 1234), (100, 0.0, 0), (1, 0.0, 0), (7, 0.3, 2),
+                                  (10, 1.0, 9)):
+        for start in (0, resume):
+            w = torch.nn.Parameter(torch.zeros(1))
+            opt = torch.optim.AdamW([w], lr=3e-4)
+            schedule = warmup_then_decay(opt, steps, warmup)
+            for i in range(start, steps):
+                at_update(schedule, i)
+                assert opt.param_groups[0]["lr"] == pytest.approx(
+                    3e-4 * closed_form(i, steps, warmup), rel=1e-12, abs=1e-18)
+                opt.step()
 
 
 def test_class_balance_gives_every_teacher_class_the_same_mass():

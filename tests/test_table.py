@@ -35,6 +35,14 @@ def test_every_spec_builds_at_smoke_scale(name, smoke_tables):
     assert f"{len(numbers['runs'])} done, 0 to resume, 0 to start" in again
 
 
+def test_a_runs_identity_is_its_settings_not_where_or_how_it_is_logged():
+    from tdx.table_spec import settings_id
+
+    base = settings_id("copy", ["seed=2"])
+    assert base == settings_id("copy", ["seed=2", "mlflow.enabled=true", "paths.runs_dir=x"])
+    assert base != settings_id("copy", ["seed=3"])
+
+
 def toy(*args: str, runs: Path, cwd: Path) -> subprocess.CompletedProcess:
     return tdx("table", "toy", "--runs-root", str(runs), "--out-dir", str(cwd / "out"),
                *args, cwd=cwd, env={"TDX_USER_DIR": str(TOY)})

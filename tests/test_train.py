@@ -5,14 +5,17 @@ import os
 import signal
 import subprocess
 
+import pytest
 import yaml
 
 from tdx.config import CONF_DIR, group_options
+from tdx.errors import UsageError
 
 from .conftest import (
     TDX,
     TINY,
     assert_events_mirror_metrics,
+    assert_mlflow_mirrors_metrics,
     events,
     only_run,
     summary,
@@ -45,6 +48,7 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path, runs):
     assert recs[-1]["split"] == "test"
     assert list(run.glob("events.out.tfevents.*"))  # TensorBoard reads the same numbers
     assert_events_mirror_metrics(run)
+    assert not (runs / "mlflow.db").exists()  # MLflow is off unless asked for
     assert ("train/loss" in events(run) and "valid/exact_match" in events(run)
             and "test/bleu_beam2" in events(run))
     assert "Results" in proc.stdout and "exact_match" in proc.stdout
@@ -94,7 +98,8 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     tdx("train", "copy", *slow, f"paths.runs_dir={ref_dir}", cwd=tmp_path, check=True)
 
-    proc = subprocess.Popen([TDX, "train", "copy", *slow, f"paths.runs_dir={cut_dir}"],
+    proc = subprocess.Popen([TDX, "train", "copy", *slow, f"paths.runs_dir={cut_dir}",
+                             "mlflow.enabled=true"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=os.environ.copy())
     wait_for_lines(cut_dir, 8)
@@ -117,6 +122,7 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     # resuming continues the same trajectory: same data order, dropout, optimiser state
     assert lines(run) == lines(only_run(ref_dir))
     assert_events_mirror_metrics(run)  # the resume rewrote them: nothing twice
+    assert_mlflow_mirrors_metrics(cut_dir, run)  # MLflow's copy too (mlflow.enabled=true)
 
 
 def test_sigterm_during_the_test_decoding_stops_it_and_resume_tests(tmp_path, monkeypatch):
@@ -234,3 +240,13 @@ def test_a_stage_of_zero_updates_scores_its_start(tmp_path):
     assert loop.run_stage(stage, cfg, RunDir(tmp_path), StopFlag()) == {"acc": 50.0}
     logged = [json.loads(x) for x in lines(tmp_path)]
     assert logged == [{"step": 0, "split": "s/valid", "metrics": {"acc": 50.0}}]
+
+
+def test_mlflow_without_its_packages_is_a_usage_error(monkeypatch):
+    from tdx import config, tracking
+
+    monkeypatch.setattr(tracking, "_importable", lambda name: name != "sqlalchemy")
+    cfg = config.compose("copy", ["mlflow.enabled=true"])
+    with pytest.raises(UsageError, match=r"needs sqlalchemy.*pip install 'tdx\[mlflow\]'"):
+        config.check_runtime("copy", cfg)
+    config.check_runtime("copy", config.compose("copy"))  # off: nothing is asked for

@@ -170,7 +170,7 @@ def report_cases(tmp: Path, good: Path) -> Iterator[Case]:
     yield Case("report, unknown metric", ["report", str(good), "--plot", f"{tmp}/p.png",
                                           "--metric", "nosuch.x"], says="No run logged")
     yield Case("bench --batch 0", ["bench", "talk-op", "--batch", "0"], says="--batch")
-    yield Case("bench --repeats 0", ["bench", "talk-op", "--repeats", "0"], says="--repeats")
+    yield Case("bench --budget 0", ["bench", "talk-model", "--budget", "0"], says="--budget")
 
 
 def resume_cases(good: Path) -> Iterator[Case]:
