@@ -257,6 +257,8 @@ def bench_talk_op(
     kmax: Annotated[int, typer.Option(help="K: TaLK maxima; kernel 2K+1 for convs")] = 15,
     min_time: Annotated[float, typer.Option(help="seconds of timed calls per median, at "
                                             "least")] = 1.0,
+    budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
+        20.0,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
         "talk,lightconv,dynamicconv,attention,floor",
     malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
@@ -267,7 +269,7 @@ def bench_talk_op(
     """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
     from tdx.talk import bench
 
-    out.print(bench.main(lengths, batch, channels, heads, kmax, min_time, ops, malloc,
+    out.print(bench.main(lengths, batch, channels, heads, kmax, min_time, budget, ops, malloc,
                          json_file, md, plot, command_line(), progress),
               highlight=False, markup=False)
 

@@ -12,6 +12,8 @@ which fits the compressed form to a trained E:
 - `GroupReduce`: the vocabulary split into frequency groups, each with its own low rank,
   frequent words getting more rank (Chen et al., NeurIPS 2018, Sec. 3), initialised by a
   frequency-weighted SVD per group.
+- `Decoded`: e_w = W2 f(W1 u_w + b1) + b2, r-dim word codes and a one-hidden-layer
+  decoder (not rank-bounded), started at the SVD in closed form, then fitted by Adam.
 - `Quantized`: post-training uniform quantisation to 8 or 4 bits with one scale per row;
   fine-tuning keeps float weights and trains through the rounding with a straight-through
   estimator (quantisation-aware training).
@@ -221,6 +223,92 @@ class GroupReduce(CompressedEmbedding):
         return {"mse": self.reconstruction_error(E)}
 
 
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def decoder_rank(num_embeddings: int, dim: int, rate: float, hidden: int,
+                 residual: bool = False) -> int:
+    """The largest code width r with V r + (r + 1) h + (h + 1) d (+ r d) <= V d / rate: the
+    codes take what the decoder leaves of the budget."""
+    V, d, h = num_embeddings, dim, hidden
+    r = int((V * d / rate - h - (h + 1) * d) // (V + h + (d if residual else 0)))
+    if r < 1:
+        raise ValueError(f"compression {rate}x leaves no code width for a {V} x {d} embedding "
+                         f"once a decoder with {h} hidden units is paid for; lower "
+                         "model.embed_hidden or the rate")
+    return r
+
+
+class Decoded(CompressedEmbedding):
+    """A word's vector decoded from an r-dim code by one hidden layer of width h:
+    e_w = W2 f(W1 u_w + b1) + b2 (+ R u_w with the residual path). Unlike f(U) V (+ b),
+    whose rows lie in an (r + 1)-dim affine space whatever f, the decoded rows lie on an
+    r-dim manifold that bends; the decoder costs (r + 1) h + (h + 1) d parameters (+ r d),
+    counted in the rate. A test of "low-rank decomposition with an added non-linearity"
+    (Lioutas et al. 2020, Sec. 3) that the rank bound does not decide in advance."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None,
+                 rank: int, hidden: int, act: str = "relu", residual: bool = False):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.rank, self.hidden, self.act = rank, hidden, act
+        self.U = nn.Parameter(torch.randn(num_embeddings, rank) / math.sqrt(rank))
+        self.W1 = nn.Linear(rank, hidden)
+        self.W2 = nn.Linear(hidden, embedding_dim)
+        self.R = nn.Parameter(torch.zeros(rank, embedding_dim)) if residual else None
+
+    def decode(self, u: Tensor) -> Tensor:  # (..., r) -> (..., d)
+        e = self.W2(ACTIVATIONS[self.act](self.W1(u)))
+        return e + u @ self.R if self.R is not None else e
+
+    @property
+    def weight(self) -> Tensor:  # (V, d)
+        return self.decode(self.U)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (...,) -> (..., d)
+        return self.decode(F.embedding(tokens, self.U))
+
+    @torch.no_grad()
+    def init_svd(self, E: Tensor) -> None:
+        """Start at the truncated SVD of E - mu plus mu, in closed form: b2 = mu and codes
+        U = P S^1/2. With the residual path R = S^1/2 Q^T and W2 = 0: the rank-r fit.
+        Without it, through the hidden layer: since f(a) - f(-a) = a for ReLU and GELU,
+        W1 = [I; -I] and W2 = [R; -R] on 2k hidden units reproduce the rank-k fit,
+        k = min(r, h // 2); the other units start with W1 random and W2 = 0."""
+        mu = E.double().mean(0)
+        P, S, Qt = torch.linalg.svd(E.double() - mu, full_matrices=False)
+        r = self.rank
+        U, R = P[:, :r] * S[:r].sqrt(), S[:r].sqrt()[:, None] * Qt[:r]  # (V, r), (r, d)
+        self.U.copy_(U)
+        self.W2.bias.copy_(mu)
+        if self.R is not None:
+            self.R.copy_(R)
+            self.W2.weight.zero_()
+        else:
+            k = min(r, self.hidden // 2)
+            eye = torch.eye(k, r, dtype=torch.double)  # (k, r): code k -> unit k
+            self.W1.weight[: 2 * k] = torch.cat([eye, -eye])  # (2k, r)
+            self.W1.bias[: 2 * k] = 0.0
+            self.W2.weight.zero_()
+            self.W2.weight[:, : 2 * k] = torch.cat([R[:k], -R[:k]]).T  # (d, 2k)
+
+    def init_from(self, E: Tensor, counts: Tensor | None = None, steps: int = 2000,
+                  lr: float = 0.001) -> dict[str, float]:
+        """The closed-form start (`init_svd`), then codes and decoder trained jointly by
+        Adam on the mean squared reconstruction error (full batch, `steps` updates),
+        keeping the best of start and end."""
+        self.init_svd(E)
+        before = self.reconstruction_error(E)
+        start = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.mse_loss(self.weight, E).backward()
+            opt.step()
+        if self.reconstruction_error(E) > before:
+            self.load_state_dict(start)
+        return {"mse_init": before, "mse": self.reconstruction_error(E)}
+
+
 class _RoundSTE(torch.autograd.Function):
     """round() forward, identity backward (straight-through estimator)."""
 
@@ -259,18 +347,23 @@ class Quantized(CompressedEmbedding):
         return {"mse": self.reconstruction_error(E)}
 
 
-METHODS = ("svd", "distilled", "groupreduce", "quant8", "quant4")
+METHODS = ("svd", "distilled", "groupreduce", "quant8", "quant4", "decoder")
 
 
 def build(method: str, num_embeddings: int, dim: int, padding_idx: int | None,
-          rate: float = 8.0, rank: int = 0, bias: bool = False,
-          groups: int = 5) -> CompressedEmbedding:
-    """A compressor by name; `rank` (if > 0) wins over `rate` for the low-rank methods."""
+          rate: float = 8.0, rank: int = 0, bias: bool = False, groups: int = 5,
+          hidden: int = 64, act: str = "relu", residual: bool = False
+          ) -> CompressedEmbedding:
+    """A compressor by name; `rank` (if > 0) wins over `rate` for the low-rank methods
+    (for `decoder`: the code width, its decoder `hidden` wide)."""
     if method in ("quant8", "quant4"):
         return Quantized(num_embeddings, dim, padding_idx, bits=int(method[5:]))
     if method not in METHODS:
         raise ValueError(f"unknown embedding compressor {method!r}; choose from "
                          f"{', '.join(METHODS)}")
+    if method == "decoder":
+        r = rank or decoder_rank(num_embeddings, dim, rate, hidden, residual)
+        return Decoded(num_embeddings, dim, padding_idx, r, hidden, act, residual)
     r = rank or rank_for_rate(num_embeddings, dim, rate, bias=bias and method == "distilled")
     if method == "groupreduce":
         return GroupReduce(num_embeddings, dim, padding_idx, r, groups=groups)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from tdx.distributed import rank_zero_first
 from tdx.embed import seqkd
-from tdx.embed.compress import METHODS, CompressedEmbedding, Quantized, build
+from tdx.embed.compress import ACTIVATIONS, METHODS, CompressedEmbedding, Quantized, build
 from tdx.errors import UsageError
 from tdx.progress import fmt
 from tdx.run import read_json
@@ -95,9 +95,15 @@ class CompressedEmbeddingMixin:
         parser.add_argument("--embed-groups", type=int,
                             help="GroupReduce: number of frequency groups")
         parser.add_argument("--embed-init-steps", type=int,
-                            help="Distilled Embedding: Adam steps on the reconstruction loss")
+                            help="distilled, decoder: Adam steps on the reconstruction loss")
         parser.add_argument("--embed-init-lr", type=float,
-                            help="Distilled Embedding: learning rate of that initialisation")
+                            help="distilled, decoder: learning rate of that initialisation")
+        parser.add_argument("--embed-hidden", type=int,
+                            help="decoder: hidden units of the code decoder")
+        parser.add_argument("--embed-act", choices=tuple(ACTIVATIONS),
+                            help="decoder: its non-linearity")
+        parser.add_argument("--embed-residual", action="store_true",
+                            help="decoder: a linear path from the code as well")
 
     @classmethod
     def build_model(cls, args, task):  # noqa: ANN001 - fairseq signature
@@ -108,7 +114,9 @@ class CompressedEmbeddingMixin:
         dense = model.encoder.embed_tokens
         comp = build(args.embed_method, dense.num_embeddings, dense.embedding_dim,
                      dense.padding_idx, rate=args.embed_rate, rank=args.embed_rank,
-                     bias=args.embed_bias, groups=args.embed_groups)
+                     bias=args.embed_bias, groups=args.embed_groups,
+                     hidden=args.embed_hidden, act=args.embed_act,
+                     residual=args.embed_residual)
         model.encoder.embed_tokens = model.decoder.embed_tokens = comp
         model.decoder.output_projection = TiedProjection(comp)
         model.embed_method = args.embed_method
@@ -116,7 +124,7 @@ class CompressedEmbeddingMixin:
                             int(args.embed_rate) if float(args.embed_rate).is_integer()
                             else args.embed_rate)  # nominal: the table's row
         model.embed_init = ({"steps": args.embed_init_steps, "lr": args.embed_init_lr}
-                            if args.embed_method == "distilled" else {})
+                            if args.embed_method in ("distilled", "decoder") else {})
         return model
 
     @classmethod
@@ -224,7 +232,8 @@ def register_all() -> None:
 
 EMBED_DEFAULTS = {"embed_method": "distilled", "embed_rate": 8.0, "embed_rank": 0,
                   "embed_bias": False, "embed_groups": 5, "embed_init_steps": 2000,
-                  "embed_init_lr": 0.001}
+                  "embed_init_lr": 0.001, "embed_hidden": 64, "embed_act": "relu",
+                  "embed_residual": False}
 
 
 def _with_embed_defaults(arch_fn: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -33,6 +33,7 @@ EMBED_COLUMNS = [
     Column("Rank", first("compression.rank")),
     Column("Embedding params", stat("compression.embedding_params", digits=0)),
     Column("Model params", stat("compression.model_params", digits=0)),
+    Column("Recon. MSE x1e3", stat("compression.mse", scale=1e3, digits=3)),  # before FT
     Column("BLEU before FT (beam 5)", stat("initial.bleu_beam5", digits=2)),
     Column("BLEU after FT (beam 5)", stat("final.bleu_beam5", digits=2)),
     Column("Teacher BLEU", stat("teacher.bleu_beam5", digits=2)),
@@ -108,18 +109,23 @@ def embed_notes(runs: list[Run]) -> str:
     recipe = _embed_recipes(runs)
     bleu: dict[tuple[int, tuple[str, ...]], dict[tuple[str, float], list[float]]] = {}
     teacher: dict[tuple[int, tuple[str, ...]], list[float]] = {}
+    mse: dict[tuple[int, tuple[str, ...]], dict[tuple[str, float], list[float]]] = {}
     for r in runs:
         m, rate, b = r.get("compression.method"), r.get("compression.rate"), \
             r.get("final.bleu_beam5")
         per = bleu.setdefault(recipe[id(r)], {})
         if isinstance(rate, int | float) and isinstance(b, int | float):
             per.setdefault((str(m), float(rate)), []).append(b)
+        if isinstance(rate, int | float) and isinstance(e := r.get("compression.mse"), float):
+            mse.setdefault(recipe[id(r)], {}).setdefault((str(m), float(rate)), []).append(e)
         if isinstance(t := r.get("teacher.bleu_beam5"), int | float):
             teacher.setdefault(recipe[id(r)], []).append(t)
     for (beam, settings), per in sorted(bleu.items()):
         t = teacher.get((beam, settings))
+        errors = mse.get((beam, settings), {})
         targets = embed_targets({k: statistics.mean(v) for k, v in per.items()},
-                                statistics.mean(t) if t else None)
+                                statistics.mean(t) if t else None,
+                                {k: statistics.mean(v) for k, v in errors.items()})
         if len(bleu) > 1:
             title = f"sequence-level KD (beam {beam})" if beam else "reference targets"
             targets[0] = targets[0].rstrip(":") + f", {', '.join([title, *settings])}:"
@@ -130,10 +136,30 @@ def embed_notes(runs: list[Run]) -> str:
 EMBED_RATES = (4.0, 8.0, 16.0, 32.0)  # the compression rates the issue's targets name
 
 
-def embed_targets(bleu: dict[tuple[str, float], float], teacher: float | None) -> list[str]:
+def decoder_targets(bleu: dict[tuple[str, float], float],
+                    mse: dict[tuple[str, float], float]) -> list[str]:
+    """The non-linear decoder's targets (issue 45), where decoder and SVD rows exist:
+    decoder - SVD >= +0.5 BLEU after fine-tuning at 16x and 32x and >= 0 at 8x (means
+    over seeds), and its reconstruction error of E before fine-tuning below the SVD's."""
+    rates = sorted(r for m, r in bleu if m == "decoder" and ("svd", r) in bleu)
+    lines = []
+    for r in rates:
+        d, need = bleu["decoder", r] - bleu["svd", r], 0.5 if r >= 16 else 0.0
+        lines.append(f"Decoder - SVD >= {need:+.1f} at {r:g}x: "
+                     f"{'met' if d >= need else 'MISSED'} ({d:+.2f})")
+    for r in sorted(r for m, r in mse if m == "decoder" and ("svd", r) in mse):
+        ratio = mse["decoder", r] / mse["svd", r]
+        lines.append(f"Decoder reconstruction error below SVD's at {r:g}x: "
+                     f"{'met' if ratio < 1 else 'MISSED'} ({ratio:.3f} of it)")
+    return lines
+
+
+def embed_targets(bleu: dict[tuple[str, float], float], teacher: float | None,
+                  mse: dict[tuple[str, float], float] | None = None) -> list[str]:
     """The Distilled Embedding targets (as the issue states them) on {(method, rate): BLEU
     after fine-tuning}: Distilled >= SVD at every rate and >= 1 BLEU above it at 16x and
-    32x; at 8x at most 1.0 BLEU below the uncompressed teacher."""
+    32x; at 8x at most 1.0 BLEU below the uncompressed teacher; the decoder's targets
+    (`decoder_targets`, with the reconstruction errors `mse`)."""
     rates = sorted(r for m, r in bleu if m == "distilled" and ("svd", r) in bleu)
     diff = {r: bleu["distilled", r] - bleu["svd", r] for r in rates}
     lines = ["Targets (BLEU after fine-tuning, beam 5):"]
@@ -151,6 +177,7 @@ def embed_targets(bleu: dict[tuple[str, float], float], teacher: float | None) -
                          f"{'met' if ok else 'MISSED'}")
         else:
             lines.append("Distilled - SVD >= +1 at 16x and 32x: not run")
+    lines += decoder_targets(bleu, mse or {})
     if ("distilled", 8.0) in bleu and teacher is not None:
         loss = teacher - bleu["distilled", 8.0]
         lines.append(f"Distilled at 8x within 1.0 BLEU of the uncompressed teacher "

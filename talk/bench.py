@@ -234,7 +234,7 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
 
 
 def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, min_time: float,
-         ops: str, malloc: str, json_file: Path | None, md: Path | None,
+         budget: float, ops: str, malloc: str, json_file: Path | None, md: Path | None,
          plot_file: Path | None, command: str, progress: Callable[[str], None] = print) -> str:
     """`tdx bench talk-op`: check the options, measure, write the files; the report."""
     Ts = int_list(lengths, "--lengths")
@@ -244,10 +244,10 @@ def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, min_tim
         raise UsageError(f"Unknown operator(s) {unknown or [ops]}; choose from "
                          f"{', '.join(OPS)}.")
     positive(batch=batch, channels=channels, heads=heads)
-    if kmax < 0 or min_time < 0:
-        raise UsageError("--kmax and --min-time must be >= 0.")
+    if kmax < 0 or min_time < 0 or budget <= 0:
+        raise UsageError("--kmax and --min-time must be >= 0, --budget above 0.")
     res = run_benchmark(Ts, batch, channels, heads, kmax, ops=chosen, malloc=malloc,
-                        min_time_s=min_time, progress=progress)
+                        min_time_s=min_time, budget_s=budget, progress=progress)
     text = to_markdown(res, command)
     write_outputs(res, text, command, json_file, md)
     if plot_file:

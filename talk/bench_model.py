@@ -187,7 +187,9 @@ def main(batch: int, length: int, lm_tokens: int, contexts: str, budget: float, 
     from tdx.talk.bench import MALLOC
 
     ctx = tuple(int_list(contexts, "--contexts"))
-    positive(batch=batch, length=length, lm_tokens=lm_tokens, budget=budget)
+    positive(batch=batch, length=length, lm_tokens=lm_tokens)
+    if budget <= 0:
+        raise UsageError(f"--budget must be above 0 seconds, got {budget}.")
     if malloc not in MALLOC:
         raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
     res = run_benchmark(batch, length, lm_tokens, ctx, budget, malloc=malloc,

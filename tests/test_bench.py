@@ -14,7 +14,7 @@ from .conftest import tdx
 def test_bench_talk_op_tiny(tmp_path):
     js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     proc = tdx("bench", "talk-op", "--lengths", "32", "--batch", "1", "--channels", "16",
-               "--heads", "2", "--kmax", "3", "--min-time", "0",
+               "--heads", "2", "--kmax", "3", "--min-time", "0", "--budget", "0.2",
                "--ops", "talk,lightconv,floor",
                "--json", str(js), "--md", str(md), "--plot", str(png), cwd=tmp_path,
                timeout=600)
@@ -104,7 +104,7 @@ def test_bench_bad_arguments(tmp_path):
 def test_bench_talk_model_tiny(tmp_path):
     js, md = tmp_path / "m.json", tmp_path / "m.md"
     proc = tdx("bench", "talk-model", "--batch", "2", "--length", "5", "--lm-tokens", "32",
-               "--contexts", "16", "--budget", "1", "--json", str(js), "--md", str(md),
+               "--contexts", "16", "--budget", "0.2", "--json", str(js), "--md", str(md),
                cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(js.read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdx.embed.compress import GroupReduce, LowRank, Quantized, build, rank_for_rate
+from tdx.embed.compress import Decoded, GroupReduce, LowRank, Quantized, build, rank_for_rate
 from tdx.embed.models import word_kd
 from tdx.report import report
 from tdx.run import RunDir
@@ -51,6 +51,52 @@ def test_parameter_counts():
     g = GroupReduce(V, D, 1, rank=r, groups=4)
     assert g.ranks == sorted(g.ranks, reverse=True) and len(set(g.ranks)) > 1
     assert g.size() <= r * (V + D)
+
+
+def test_decoder_pays_for_its_decoder_out_of_the_rate(E):
+    emb = build("decoder", V, D, padding_idx=1, rate=4, hidden=8)
+    r, h = emb.rank, 8
+    assert emb.size() == V * r + (r + 1) * h + (h + 1) * D <= V * D / 4
+    assert V * (r + 1) + (r + 2) * h + (h + 1) * D > V * D / 4  # the widest code that fits
+    emb.init_from(E, steps=5)
+    tokens = torch.randint(0, V, (3, 7))
+    torch.testing.assert_close(emb(tokens), emb.weight[tokens])
+    x = torch.randn(3, 7, D)
+    torch.testing.assert_close(emb.project(x), x @ emb.weight.T, atol=1e-5, rtol=1e-5)
+    res = build("decoder", V, D, padding_idx=1, rate=4, hidden=8, residual=True)
+    assert res.size() == V * res.rank + (res.rank + 1) * h + (h + 1) * D + res.rank * D
+    with pytest.raises(ValueError, match="embed_hidden"):  # the decoder alone is over budget
+        build("decoder", V, D, padding_idx=1, rate=8, hidden=64)
+
+
+@pytest.mark.parametrize("act,residual,hidden", [("relu", False, 8), ("gelu", False, 8),
+                                                 ("relu", True, 8), ("relu", False, 4)])
+def test_decoder_starts_at_the_svd_plus_mean(E, act, residual, hidden):
+    """f(a) - f(-a) = a puts the rank-k SVD through the hidden layer (k = min(r, h/2))."""
+    emb = Decoded(V, D, 1, rank=3, hidden=hidden, act=act, residual=residual)
+    emb.init_svd(E)
+    k = 3 if residual else min(3, hidden // 2)
+    mu = E.mean(0)
+    low = LowRank(V, D, 1, rank=k)
+    low.init_from(E - mu)
+    torch.testing.assert_close(emb.weight, low.weight + mu, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_beats_the_svd_of_its_size_on_a_curved_vocabulary():
+    """Words on a closed curve (12 Fourier directions of one angle, mixed into 24 dims):
+    rank 12, but one degree of freedom. At the same size (3x), the rank-6 SVD misses
+    what a rank-3 code through 16 ReLU units can bend to."""
+    torch.manual_seed(0)
+    t = torch.linspace(0, 2 * math.pi, V + 1)[:-1]
+    waves = torch.stack([f(k * t) / k for k in range(1, 7) for f in (torch.cos, torch.sin)], 1)
+    E = waves @ torch.randn(12, D)  # (V, D)
+    svd = build("svd", V, D, padding_idx=1, rate=3)
+    svd.init_from(E)
+    dec = build("decoder", V, D, padding_idx=1, rate=3, hidden=16)
+    fit = dec.init_from(E, steps=600, lr=0.01)
+    assert dec.size() <= svd.size() and dec.rank < svd.rank
+    assert fit["mse"] < fit["mse_init"]
+    assert fit["mse"] < svd.reconstruction_error(E) / 10
 
 
 def test_svd_at_full_rank_reproduces_E_and_is_the_best_fit(E):
@@ -136,8 +182,9 @@ def tiny_teacher(small_multi30k, tmp_path_factory) -> tuple[Path, list[str]]:
 
 def test_recipe_teacher_compress_finetune_decode(tiny_teacher, tmp_path):
     teacher, data = tiny_teacher
-    proc = tdx("train", "embed", f"teacher={teacher}", "model.embed_method=distilled",
-               "model.embed_rate=4", "model.embed_init_steps=50",
+    proc = tdx("train", "embed", f"teacher={teacher}", "model.embed_method=decoder",
+               "model.embed_rate=4", "model.embed_init_steps=50", "model.embed_hidden=16",
+               "model.embed_act=gelu",
                *data, *TINY_MT, "paths.runs_dir=runs", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = summary(only_run(tmp_path / "runs"))
@@ -145,7 +192,8 @@ def test_recipe_teacher_compress_finetune_decode(tiny_teacher, tmp_path):
     c = s["compression"]
     assert c["embedding_params"] <= c["embedding_params_teacher"] / 4
     assert c["model_params"] < c["model_params_teacher"]
-    assert c["mse"] == c["mse_init"] > 0  # with the bias the start is the best fit
+    assert 0 < c["mse"] <= c["mse_init"]  # fitted from the SVD start, never worse
+    assert c["method"] == "decoder" and c["rank"] >= 1
     assert {"bleu_beam2", "bleu_greedy"} <= set(s["initial"]) and "bleu_beam2" in s["final"]
     assert "seq_kd" not in s
 
@@ -316,6 +364,21 @@ def test_embed_targets_from_hand_numbers():
     bleu["distilled", 4.0] = 29.9
     assert "MISSED (4x -0.10," in embed_targets(bleu, None)[1]
     assert len(embed_targets(bleu, None)) == 3  # no teacher figure: no 8x line
+
+
+def test_decoder_targets_from_hand_numbers():
+    from tdx.embed.report import decoder_targets
+
+    bleu = {("svd", 8.0): 29.0, ("decoder", 8.0): 28.9, ("svd", 16.0): 25.0,
+            ("decoder", 16.0): 25.6, ("svd", 32.0): 20.0, ("decoder", 32.0): 20.4}
+    mse = {("svd", 8.0): 2e-3, ("decoder", 8.0): 1e-3, ("svd", 32.0): 4e-3,
+           ("decoder", 32.0): 5e-3}
+    assert decoder_targets(bleu, mse) == [
+        "Decoder - SVD >= +0.0 at 8x: MISSED (-0.10)", "Decoder - SVD >= +0.5 at 16x: met (+0.60)",
+        "Decoder - SVD >= +0.5 at 32x: MISSED (+0.40)",
+        "Decoder reconstruction error below SVD's at 8x: met (0.500 of it)",
+        "Decoder reconstruction error below SVD's at 32x: MISSED (1.250 of it)"]
+    assert decoder_targets({("svd", 8.0): 29.0}, {}) == []  # no decoder run: no lines
 
 
 def test_embed_runs_of_different_teachers_never_pool(tmp_path):

@@ -170,7 +170,8 @@ def report_cases(tmp: Path, good: Path) -> Iterator[Case]:
     yield Case("report, unknown metric", ["report", str(good), "--plot", f"{tmp}/p.png",
                                           "--metric", "nosuch.x"], says="No run logged")
     yield Case("bench --batch 0", ["bench", "talk-op", "--batch", "0"], says="--batch")
-    yield Case("bench --budget 0", ["bench", "talk-model", "--budget", "0"], says="--budget")
+    yield Case("bench --budget 0", ["bench", "talk-model", "--budget", "0"],
+               says="--budget must be above 0")
 
 
 def resume_cases(good: Path) -> Iterator[Case]:
