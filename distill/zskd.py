@@ -111,8 +111,12 @@ def warmup_then_decay(opt: torch.optim.Optimizer, steps: int, warmup: float
 
 def at_update(schedule: LRScheduler, i: int) -> None:
     """Set the rate of update i (0-based). A resumed run starts at its update, so the
-    schedule is stepped up to it; torch's warning that it steps before the optimiser (true
-    only of that catch-up) is silenced."""
+    schedule is stepped up to it from its own last rate: LinearLR steps multiply the
+    optimiser's current rate, which a resume has replaced by the saved one. torch's
+    warning that the schedule steps before the optimiser (true only of the catch-up) is
+    silenced."""
+    for group, lr in zip(schedule.optimizer.param_groups, schedule.get_last_lr(), strict=True):
+        group["lr"] = lr
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         while schedule.last_epoch < i:

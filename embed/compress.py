@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdx.errors import UsageError
+
 
 class CompressedEmbedding(nn.Module):
     """Common interface; subclasses define `weight` (the reconstructed V x d matrix)."""
@@ -63,13 +65,36 @@ class CompressedEmbedding(nn.Module):
             return float(F.mse_loss(self.weight, E))
 
 
+def centred_svd(E: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(mu, A, B) with mu the mean word vector and A B (V x r, r x d) the rank-r truncated
+    SVD of E - mu, S^1/2 on each side: mu + A B is the best rank-r-plus-offset fit."""
+    mu = E.double().mean(0)
+    P, S, Qt = torch.linalg.svd(E.double() - mu, full_matrices=False)
+    root = S[:rank].sqrt()
+    return mu, P[:, :rank] * root, root[:, None] * Qt[:rank]
+
+
+def fit_by_adam(emb: CompressedEmbedding, E: Tensor, steps: int, lr: float) -> None:
+    """Adam on the mean squared reconstruction error, full batch, `steps` updates; the
+    start is restored if the end is worse."""
+    before = emb.reconstruction_error(E)
+    start = {k: v.detach().clone() for k, v in emb.state_dict().items()}
+    opt = torch.optim.Adam(emb.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(emb.weight, E).backward()
+        opt.step()
+    if emb.reconstruction_error(E) > before:
+        emb.load_state_dict(start)
+
+
 def rank_for_rate(num_embeddings: int, dim: int, rate: float, bias: bool = False) -> int:
     """The largest rank r with V r + r d (+ d + r) <= V d / rate."""
     budget = num_embeddings * dim / rate - (dim if bias else 0)
     r = int(budget // (num_embeddings + dim + (1 if bias else 0)))  # + the offsets m
     if r < 1:
-        raise ValueError(f"compression {rate}x leaves no rank for a {num_embeddings} x {dim} "
-                         "embedding")
+        raise UsageError(f"compression {rate}x leaves no rank for a {num_embeddings} x {dim} "
+                         "embedding: lower model.embed_rate")
     return r
 
 
@@ -132,15 +157,7 @@ class LowRank(CompressedEmbedding):
         self.init_svd(E) if not self.relu else self._init_split(E)
         before = self.reconstruction_error(E)
         if self.relu and self.b is None:
-            start = {k: v.detach().clone() for k, v in self.state_dict().items()}
-            opt = torch.optim.Adam(self.parameters(), lr=lr)
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = F.mse_loss(self.weight, E)
-                loss.backward()
-                opt.step()
-            if self.reconstruction_error(E) > before:  # never worse than the SVD start
-                self.load_state_dict(start)
+            fit_by_adam(self, E, steps, lr)
         return {"mse_init": before, "mse": self.reconstruction_error(E)}
 
     @torch.no_grad()
@@ -150,11 +167,8 @@ class LowRank(CompressedEmbedding):
         offset m making every entry positive, so that ReLU is the identity and
         (ReLU(U) - m) V + b = P S^1/2 V + mu. Without it, at rank r/2: U = [A, -A],
         V = [B; -B] with A B the SVD factors, since ReLU(a) - ReLU(-a) = a."""
-        mu = E.double().mean(0) if self.b is not None else 0.0
-        P, S, Qt = torch.linalg.svd(E.double() - mu, full_matrices=False)
         if self.b is not None:
-            U, V = P[:, : self.rank] * S[: self.rank].sqrt(), S[: self.rank].sqrt()[:, None] \
-                * Qt[: self.rank]
+            mu, U, V = centred_svd(E, self.rank)
             m = (-U).clamp(min=0).amax(0) + 1e-3  # (r,)
             self.U.copy_(U + m)
             self.V.copy_(V)
@@ -162,6 +176,7 @@ class LowRank(CompressedEmbedding):
             self.b.copy_(mu)
             return
         half = max(1, self.rank // 2)
+        P, S, Qt = torch.linalg.svd(E.double(), full_matrices=False)
         A, B = P[:, :half] * S[:half].sqrt(), S[:half].sqrt()[:, None] * Qt[:half]
         U, V = torch.zeros_like(self.U, dtype=torch.double), torch.zeros_like(
             self.V, dtype=torch.double)
@@ -233,9 +248,9 @@ def decoder_rank(num_embeddings: int, dim: int, rate: float, hidden: int,
     V, d, h = num_embeddings, dim, hidden
     r = int((V * d / rate - h - (h + 1) * d) // (V + h + (d if residual else 0)))
     if r < 1:
-        raise ValueError(f"compression {rate}x leaves no code width for a {V} x {d} embedding "
+        raise UsageError(f"compression {rate}x leaves no code width for a {V} x {d} embedding "
                          f"once a decoder with {h} hidden units is paid for; lower "
-                         "model.embed_hidden or the rate")
+                         "model.embed_hidden or model.embed_rate")
     return r
 
 
@@ -274,10 +289,8 @@ class Decoded(CompressedEmbedding):
         Without it, through the hidden layer: since f(a) - f(-a) = a for ReLU and GELU,
         W1 = [I; -I] and W2 = [R; -R] on 2k hidden units reproduce the rank-k fit,
         k = min(r, h // 2); the other units start with W1 random and W2 = 0."""
-        mu = E.double().mean(0)
-        P, S, Qt = torch.linalg.svd(E.double() - mu, full_matrices=False)
         r = self.rank
-        U, R = P[:, :r] * S[:r].sqrt(), S[:r].sqrt()[:, None] * Qt[:r]  # (V, r), (r, d)
+        mu, U, R = centred_svd(E, r)  # (d,), (V, r), (r, d)
         self.U.copy_(U)
         self.W2.bias.copy_(mu)
         if self.R is not None:
@@ -298,14 +311,7 @@ class Decoded(CompressedEmbedding):
         keeping the best of start and end."""
         self.init_svd(E)
         before = self.reconstruction_error(E)
-        start = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.mse_loss(self.weight, E).backward()
-            opt.step()
-        if self.reconstruction_error(E) > before:
-            self.load_state_dict(start)
+        fit_by_adam(self, E, steps, lr)
         return {"mse_init": before, "mse": self.reconstruction_error(E)}
 
 

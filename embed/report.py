@@ -147,7 +147,7 @@ def decoder_targets(bleu: dict[tuple[str, float], float],
         d, need = bleu["decoder", r] - bleu["svd", r], 0.5 if r >= 16 else 0.0
         lines.append(f"Decoder - SVD >= {need:+.1f} at {r:g}x: "
                      f"{'met' if d >= need else 'MISSED'} ({d:+.2f})")
-    for r in sorted(r for m, r in mse if m == "decoder" and ("svd", r) in mse):
+    for r in sorted(r for m, r in mse if m == "decoder" and mse.get(("svd", r))):
         ratio = mse["decoder", r] / mse["svd", r]
         lines.append(f"Decoder reconstruction error below SVD's at {r:g}x: "
                      f"{'met' if ratio < 1 else 'MISSED'} ({ratio:.3f} of it)")

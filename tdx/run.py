@@ -18,6 +18,7 @@ event files are written again from what it keeps (they mirror it, never more).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -191,8 +192,10 @@ class RunDir:
             self._scalars(r["step"], r["split"], r["metrics"])
         if self._events is not None:
             self._events.flush()
-        if self._mirror("replace", [(r["step"], r["split"], r["metrics"]) for _, r in keep]):
-            self.update(mlflow_run_id=self.mirror.run_id)
+        mirror = self.mirror
+        self._mirror("replace", [(r["step"], r["split"], r["metrics"]) for _, r in keep])
+        if mirror is not None:  # the run it made, even if filling it failed
+            self.update(mlflow_run_id=mirror.run_id)
 
     # -- TensorBoard -------------------------------------------------------------
     def _scalars(self, step: int, split: str, metrics: dict[str, Any]) -> None:
@@ -222,7 +225,9 @@ class RunDir:
         except Exception as e:  # noqa: BLE001 - whatever the store raises
             logging.getLogger("tdx").warning("experiment tracker dropped: %s: %s",
                                              type(e).__name__, e)
-            self.mirror = None
+            mirror, self.mirror = self.mirror, None
+            with contextlib.suppress(Exception):  # say so in the tracker too, if it can
+                mirror.end("failed")
             return False
 
     def close_events(self) -> None:

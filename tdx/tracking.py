@@ -71,15 +71,29 @@ class MlflowMirror:
         self.tags = {"tdx.folder": self.folder, "tdx.commit": str(summary.get("git_commit")),
                      "tdx.experiment": self.experiment}
         self.params = dict(_flat(OmegaConf.to_container(cfg, resolve=True)))
-        self.run_id = str(summary.get("mlflow_run_id") or "")
-        if self.run_id:
-            self.client.update_run(self.run_id, status="RUNNING")
-        else:
-            self.run_id = self._new_run()
+        self.run_id = self._live(str(summary.get("mlflow_run_id") or "")) or self._new_run()
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def _live(self, run_id: str) -> str:
+        """`run_id` if that MLflow run still exists and is not deleted (a user may delete
+        it, or point mlflow.uri elsewhere), else ''."""
+        if not run_id:
+            return ""
+        try:
+            return run_id if self.client.get_run(run_id).info.lifecycle_stage == "active" \
+                else ""
+        except Exception:  # noqa: BLE001 - MlflowException: no such run in this store
+            return ""
 
     def _new_run(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        if exp is None:
+            try:
+                self.client.create_experiment(self.experiment)
+            except Exception:  # noqa: BLE001 - a job of the same sweep made it first
+                pass
+            exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id
         run = self.client.create_run(exp_id, run_name=self.folder, tags=self.tags)
         from mlflow.entities import Param
 
@@ -102,10 +116,10 @@ class MlflowMirror:
 
     def replace(self, rows: list[tuple[int, str, dict[str, Any]]]) -> None:
         """A resume cut the metrics back: a new MLflow run with the kept lines (MLflow
-        cannot delete points), the old one deleted."""
-        self.client.delete_run(self.run_id)
-        self.run_id = self._new_run()
+        cannot delete points); the old one is deleted once the new one holds them."""
+        old, self.run_id = self.run_id, self._new_run()
         self.log(rows)
+        self.client.delete_run(old)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))

@@ -48,14 +48,14 @@ def run_job(cfg: DictConfig) -> str:
     run.write_config(OmegaConf.to_container(cfg, resolve=True), overrides)
     run.start(int(cfg.seed), str(cfg.name), resumed=bool(cfg.resume),
               command=os.environ.get("TDX_COMMAND", ""))
-    if run.writer:
-        run.track(tracking.open_mirror(cfg, run.path, run.summary))
     log.info("run folder: %s", run.path)
     status, stopped = "failed", False
     try:
         check_data(cfg)
         if cfg.distributed.world_size > 1 and not distributed.under_torchrun():
             return run_ranks(cfg, run)
+        if run.writer:  # the ranks' launcher leaves it to rank 0
+            run.track(tracking.open_mirror(cfg, run.path, run.summary))
         run.update(world_size=distributed.WORLD.size)
         with catch_stop_signals() as stop:
             status = engines.get(cfg.engine).train(cfg, run, stop)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tdx.embed.compress import Decoded, GroupReduce, LowRank, Quantized, build, rank_for_rate
 from tdx.embed.models import word_kd
+from tdx.errors import UsageError
 from tdx.report import report
 from tdx.run import RunDir
 
@@ -65,7 +66,7 @@ def test_decoder_pays_for_its_decoder_out_of_the_rate(E):
     torch.testing.assert_close(emb.project(x), x @ emb.weight.T, atol=1e-5, rtol=1e-5)
     res = build("decoder", V, D, padding_idx=1, rate=4, hidden=8, residual=True)
     assert res.size() == V * res.rank + (res.rank + 1) * h + (h + 1) * D + res.rank * D
-    with pytest.raises(ValueError, match="embed_hidden"):  # the decoder alone is over budget
+    with pytest.raises(UsageError, match="embed_hidden"):  # the decoder alone is over budget
         build("decoder", V, D, padding_idx=1, rate=8, hidden=64)
 
 

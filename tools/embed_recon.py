@@ -15,6 +15,7 @@ teacher's dictionary. Run it on an idle machine after the teacher exists:
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -26,7 +27,6 @@ from tdx.checkpoints import load_fairseq_checkpoint
 from tdx.embed.compress import build
 from tdx.embed.models import EMBED_DEFAULTS, teacher_checkpoint
 from tdx.run import describe_machine, git_commit, machine_info
-from tdx.table import runs_root
 
 LOW_RANK = ("svd", "distilled", "groupreduce")
 
@@ -38,6 +38,7 @@ def teacher_embedding(run: Path) -> tuple[torch.Tensor, torch.Tensor, Path]:
     from fairseq.data import Dictionary
 
     ckpt = teacher_checkpoint(run)
+    run = ckpt.parent.parent  # <run>/checkpoints/<file>.pt
     E = load_fairseq_checkpoint(ckpt)["model"]["encoder.embed_tokens.weight"].float()
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     lang = cfg["data"].get("target_lang", "en")
@@ -114,10 +115,8 @@ def main() -> None:
     E, counts, ckpt = teacher_embedding(args.teacher)
     rows = study(E, counts, [float(r) for r in args.rates.split(",")],
                  [int(h) for h in args.hidden.split(",")], args.acts.split(","), args.steps)
-    try:
-        shown = ckpt.relative_to(runs_root().resolve())
-    except ValueError:
-        shown = ckpt
+    root = Path(os.environ.get("TDX_RUNS_DIR") or "runs").resolve()
+    shown = ckpt.relative_to(root) if ckpt.is_relative_to(root) else ckpt
     text = to_markdown(rows, E, shown, args.steps,
                        shlex.join(["python", "tools/embed_recon.py", *sys.argv[1:]]))
     print(text)
