@@ -36,7 +36,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdx.bench import int_list, median_time, positive, targets_and_provenance, write_outputs
+from tdx.bench import (
+    IQR,
+    int_list,
+    median_time,
+    positive,
+    seconds,
+    targets_and_provenance,
+    write_outputs,
+)
 from tdx.errors import UsageError
 
 OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
@@ -244,8 +252,9 @@ def main(lengths: str, batch: int, channels: int, heads: int, kmax: int, min_tim
         raise UsageError(f"Unknown operator(s) {unknown or [ops]}; choose from "
                          f"{', '.join(OPS)}.")
     positive(batch=batch, channels=channels, heads=heads)
-    if kmax < 0 or min_time < 0 or budget <= 0:
-        raise UsageError("--kmax and --min-time must be >= 0, --budget above 0.")
+    if kmax < 0 or min_time < 0:
+        raise UsageError("--kmax and --min-time must be >= 0.")
+    seconds(budget=budget)
     res = run_benchmark(Ts, batch, channels, heads, kmax, ops=chosen, malloc=malloc,
                         min_time_s=min_time, budget_s=budget, progress=progress)
     text = to_markdown(res, command)
@@ -269,8 +278,8 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms "
         f"(torch.utils.benchmark, after up to 3 warm-up calls: blocks of calls until at "
         f"least 4 blocks and {cfg['min_time_s']} s of them with an interquartile range under "
-        f"10% of the median, or {cfg['budget_s']} s); memory is the peak tensor memory above the "
-        "inputs in MB (torch profiler). "
+        f"{IQR:.0%} of the median, or {cfg['budget_s']} s); memory is the peak tensor "
+        "memory above the inputs in MB (torch profiler). "
         f"TaLK path: {'C++ kernel' if cfg.get('talk_kernel') else 'tensor ops'}; "
         f"allocator: {cfg.get('malloc', 'system')} {cfg.get('malloc_env') or '(glibc defaults)'}.",
         "",

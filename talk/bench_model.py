@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdx.bench import int_list, median_time, positive, write_outputs
+from tdx.bench import int_list, median_time, positive, seconds, write_outputs
 from tdx.errors import UsageError
 
 MT_MODELS = {"talk": "talkconv_multi30k", "transformer": "transformer_multi30k",
@@ -188,8 +188,7 @@ def main(batch: int, length: int, lm_tokens: int, contexts: str, budget: float, 
 
     ctx = tuple(int_list(contexts, "--contexts"))
     positive(batch=batch, length=length, lm_tokens=lm_tokens)
-    if budget <= 0:
-        raise UsageError(f"--budget must be above 0 seconds, got {budget}.")
+    seconds(budget=budget)
     if malloc not in MALLOC:
         raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
     res = run_benchmark(batch, length, lm_tokens, ctx, budget, malloc=malloc,

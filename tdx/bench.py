@@ -37,8 +37,11 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+IQR = 0.1  # timing stops once the blocks' interquartile range is under this of the median
+
+
 def median_time(fn: Callable[[], Any], warmup: int = 3, warmup_s: float = math.inf,
-                min_s: float = 0.0, budget_s: float = 10.0, iqr: float = 0.1) -> float:
+                min_s: float = 0.0, budget_s: float = 10.0, iqr: float = IQR) -> float:
     """Seconds per call of fn, for every benchmark, timed by torch.utils.benchmark's
     `Timer.adaptive_autorange` on the caller's threads: after `warmup` calls (allocator
     growth, first-touch pages, one-time setup; at least one, no more once `warmup_s` seconds
@@ -75,6 +78,14 @@ def positive(**options: float) -> None:
     for name, value in options.items():
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+
+
+def seconds(**options: float) -> None:
+    """A UsageError naming the first of `options` (--name=value) that is not above 0."""
+    for name, value in options.items():
+        if value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be above 0 seconds, got "
+                             f"{value}.")
 
 
 def write_outputs(res: dict[str, Any], text: str, command: str, json_file: Path | None,

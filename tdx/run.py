@@ -214,21 +214,19 @@ class RunDir:
         if self.mirror is not None:
             self.update(mlflow_run_id=self.mirror.run_id)
 
-    def _mirror(self, method: str, *args: Any) -> bool:
+    def _mirror(self, method: str, *args: Any) -> None:
         """Call the tracker; one that fails is reported once and dropped (the folder is
         the record, and training goes on)."""
         if self.mirror is None:
-            return False
+            return
         try:
             getattr(self.mirror, method)(*args)
-            return True
         except Exception as e:  # noqa: BLE001 - whatever the store raises
             logging.getLogger("tdx").warning("experiment tracker dropped: %s: %s",
                                              type(e).__name__, e)
             mirror, self.mirror = self.mirror, None
             with contextlib.suppress(Exception):  # say so in the tracker too, if it can
                 mirror.end("failed")
-            return False
 
     def close_events(self) -> None:
         if self._events is not None:

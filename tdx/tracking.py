@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tdx.errors import UsageError
+from tdx.validate import leaves
 
 log = logging.getLogger("tdx")
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED",
@@ -70,7 +71,7 @@ class MlflowMirror:
             if folder.resolve().is_relative_to(runs_root) else str(folder)
         self.tags = {"tdx.folder": self.folder, "tdx.commit": str(summary.get("git_commit")),
                      "tdx.experiment": self.experiment}
-        self.params = dict(_flat(OmegaConf.to_container(cfg, resolve=True)))
+        self.params = leaves(OmegaConf.to_container(cfg, resolve=True))
         self.run_id = self._live(str(summary.get("mlflow_run_id") or "")) or self._new_run()
         self.client.update_run(self.run_id, status="RUNNING")
 
@@ -123,15 +124,6 @@ class MlflowMirror:
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))
-
-
-def _flat(tree: Any, prefix: str = "") -> Any:  # noqa: ANN401 - config values of any type
-    """(dotted key, value) of a nested config: the MLflow parameters of a run."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flat(v, f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], tree
 
 
 def open_mirror(cfg: DictConfig, folder: Path, summary: dict[str, Any]) -> MlflowMirror | None:

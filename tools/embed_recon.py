@@ -15,7 +15,6 @@ teacher's dictionary. Run it on an idle machine after the teacher exists:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from tdx.checkpoints import load_fairseq_checkpoint
 from tdx.embed.compress import build
 from tdx.embed.models import EMBED_DEFAULTS, teacher_checkpoint
 from tdx.run import describe_machine, git_commit, machine_info
+from tdx.table import runs_root
 
 LOW_RANK = ("svd", "distilled", "groupreduce")
 
@@ -51,8 +51,8 @@ def fit(method: str, E: torch.Tensor, counts: torch.Tensor, rate: float, steps: 
         **decoder: object) -> dict[str, float]:
     torch.manual_seed(0)
     V, d = E.shape
-    bias = method == "distilled" and bool(decoder.pop("bias", True))
-    comp = build(method, V, d, 1, rate=rate, bias=bias, **decoder)
+    # distilled with its bias, as the embcomp models configure it (model.embed_bias: true)
+    comp = build(method, V, d, 1, rate=rate, bias=method == "distilled", **decoder)
     t0 = time.perf_counter()
     kwargs = ({"steps": steps, "lr": EMBED_DEFAULTS["embed_init_lr"]}
               if method in ("distilled", "decoder") else {})
@@ -115,7 +115,7 @@ def main() -> None:
     E, counts, ckpt = teacher_embedding(args.teacher)
     rows = study(E, counts, [float(r) for r in args.rates.split(",")],
                  [int(h) for h in args.hidden.split(",")], args.acts.split(","), args.steps)
-    root = Path(os.environ.get("TDX_RUNS_DIR") or "runs").resolve()
+    root = runs_root()
     shown = ckpt.relative_to(root) if ckpt.is_relative_to(root) else ckpt
     text = to_markdown(rows, E, shown, args.steps,
                        shlex.join(["python", "tools/embed_recon.py", *sys.argv[1:]]))
