@@ -260,13 +260,13 @@ def bench_talk_op(
     budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
         20.0,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
-        "talk,lightconv,dynamicconv,attention,floor",
+        "talk,lightconv,dynamicconv,attention,cumsum,copy",
     malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
                                         "(default); system: glibc defaults")] = "reuse",
     json_file: JsonFile = None, md: MdFile = None,
     plot: Annotated[Path | None, typer.Option(help="time/memory vs length, log-log")] = None,
 ) -> None:
-    """TaLK vs LightConv, DynamicConv, self-attention and a memory-bound floor."""
+    """TaLK vs LightConv, DynamicConv, self-attention, a cumsum reference and the copy floor."""
     from tdx.talk import bench
 
     out.print(bench.main(lengths, batch, channels, heads, kmax, min_time, budget, ops, malloc,
@@ -278,7 +278,8 @@ def bench_talk_op(
 @usage_errors
 def bench_talk_model(
     batch: Annotated[int, typer.Option(help="MT sentences per batch")] = 64,
-    length: Annotated[int, typer.Option(help="MT tokens per sentence (and generated)")] = 16,
+    lengths: Annotated[str, typer.Option(help="comma list of MT tokens per sentence (and "
+                                         "generated)")] = "16,64,256",
     lm_tokens: Annotated[int, typer.Option(help="LM tokens per batch")] = 8192,
     contexts: Annotated[str, typer.Option(help="comma list of LM contexts")] = "256,1024",
     budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
@@ -290,7 +291,7 @@ def bench_talk_model(
     """Training and beam-5 generation speed: TaLK vs Transformer, LightConv, DynamicConv."""
     from tdx.talk import bench_model
 
-    out.print(bench_model.main(batch, length, lm_tokens, contexts, budget, malloc, json_file,
+    out.print(bench_model.main(batch, lengths, lm_tokens, contexts, budget, malloc, json_file,
                                md, command_line(), progress), highlight=False, markup=False)
 
 

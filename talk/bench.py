@@ -13,7 +13,20 @@ Operators, x of shape (T, B, C), H heads, kernel 2K+1 where one is needed:
                DynamicConv1dTBC chooses; the band-matrix path needs O(T^2) memory)
 - dynamicconv  fairseq DynamicConv1dTBC, CPU path (same rule)
 - attention    self-attention core: F.scaled_dot_product_attention on (B, H, T, C/H)
-- floor        memory-bound floor: torch.cumsum over x plus one elementwise pass
+- cumsum       a PyTorch-ops reference: torch.cumsum over x plus one elementwise pass
+               (what TaLK's window sums would cost as two stock tensor ops)
+- copy         the physical floor: x copied into a preallocated tensor (forward), and that
+               plus the gradient copied likewise (forward + backward). Any forward must read
+               x and write its output, any backward must read the output's gradient and write
+               the input's; a copy does exactly that at the machine's memory bandwidth, with
+               no arithmetic. (TaLK's backward also reads x again for the offsets' gradient,
+               so its true floor is a little higher: the copy floor is a lower bound.)
+
+Backward passes are driven by a fixed random output gradient (not `out.sum()`, whose
+gradient is a stride-0 view that would spare the backward its main read).
+
+Every worker is watched (`tdx.bench.watch_load`): the CPU time other processes used while
+it ran is recorded beside its times, and the report warns when other work ran.
 
 Allocator (`--malloc`, the same for every operator): glibc serves blocks above 32 MB with
 fresh mmaps, so every call that makes a large tensor (T >= 2048 here) pays first-touch page
@@ -37,17 +50,20 @@ from pathlib import Path
 from typing import Any
 
 from tdx.bench import (
+    BUSY,
     IQR,
     int_list,
+    load_warning,
     median_time,
     positive,
     seconds,
     targets_and_provenance,
+    watch_load,
     write_outputs,
 )
 from tdx.errors import UsageError
 
-OPS = ("talk", "lightconv", "dynamicconv", "attention", "floor")
+OPS = ("talk", "lightconv", "dynamicconv", "attention", "cumsum", "copy")
 MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
           "system": {}}
 
@@ -85,12 +101,37 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
     if op == "attention":
         q, k, v = (torch.randn(B, H, T, C // H, requires_grad=True) for _ in range(3))
         return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
-    if op == "floor":
+    if op == "cumsum":
         return (lambda: torch.cumsum(x, 0) * 2.0), [x]
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
 MIN_TIME_S = 1.0  # each median covers at least this much timed work
+
+
+def _passes(op: str, T: int, B: int, C: int, H: int, K: int
+            ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(forward, forward + backward) of one operator; the copy floor's are plain copies."""
+    import torch
+
+    if op == "copy":  # (T, B, C) each: read x write y; then read dy write dx
+        x, y, dy, dx = (torch.randn(T, B, C) for _ in range(4))
+        return (lambda: y.copy_(x)), (lambda: (y.copy_(x), dx.copy_(dy)))
+    fn, inputs = _build(op, T, B, C, H, K)
+    grad_out: list[torch.Tensor] = []
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn()
+
+    def fwd_bwd() -> None:
+        out = fn()
+        if not grad_out:  # made once, in the warm-up
+            grad_out.append(torch.randn_like(out))
+        grads = torch.autograd.grad(out, inputs, grad_out[0])
+        del grads
+
+    return fwd, fwd_bwd
 
 
 def measure(op: str, T: int, B: int, C: int, H: int, K: int, budget_s: float,
@@ -99,16 +140,7 @@ def measure(op: str, T: int, B: int, C: int, H: int, K: int, budget_s: float,
     import torch
 
     torch.set_num_threads(int(os.environ.get("TDX_BENCH_THREADS", os.cpu_count() or 1)))
-    fn, inputs = _build(op, T, B, C, H, K)
-
-    def fwd() -> None:
-        with torch.no_grad():
-            fn()
-
-    def fwd_bwd() -> None:
-        out = fn()
-        grads = torch.autograd.grad(out.sum(), inputs)
-        del grads
+    fwd, fwd_bwd = _passes(op, T, B, C, H, K)
 
     def ms(call: Callable[[], Any]) -> float:
         return round(median_time(call, warmup=3, warmup_s=2.0, min_s=min_s,
@@ -141,7 +173,14 @@ def run_worker(cmd: list[str], timeout_s: float, malloc: str = "reuse") -> dict[
     """Run a benchmark worker (it prints one JSON line) watched from here: a worker whose
     resident memory passes TDX_BENCH_MEM_FRACTION of RAM (default 0.6) is stopped and
     reported as out of memory (fairseq's unfold path at T=8192 wants more than this
-    machine has), so a benchmark never swaps the machine to a halt."""
+    machine has), so a benchmark never swaps the machine to a halt. Its result carries
+    `other_cores`: the CPU other processes used while it ran (`tdx.bench.watch_load`)."""
+    with watch_load() as load:
+        res = _run_worker(cmd, timeout_s, malloc)
+    return {**res, "other_cores": load["other_cores"]}
+
+
+def _run_worker(cmd: list[str], timeout_s: float, malloc: str) -> dict[str, Any]:
     fraction = float(os.environ.get("TDX_BENCH_MEM_FRACTION", "0.6"))
     cap = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -168,13 +207,15 @@ def run_worker(cmd: list[str], timeout_s: float, malloc: str = "reuse") -> dict[
     return json.loads(lines[-1])
 
 
-RATIOS = (("talk/floor", "fwd_ms", "floor"), ("talk/lightconv", "fwd_bwd_ms", "lightconv"),
+RATIOS = (("talk/copy fwd", "fwd_ms", "copy"), ("talk/copy fwd+bwd", "fwd_bwd_ms", "copy"),
+          ("talk/cumsum", "fwd_ms", "cumsum"), ("talk/lightconv", "fwd_bwd_ms", "lightconv"),
           ("talk/dynamicconv", "fwd_bwd_ms", "dynamicconv"),
           ("talk/attention", "fwd_bwd_ms", "attention"))
+FLOOR_FROM_T, FLOOR_TIMES = 2048, 2.0  # target: TaLK within 2x of the copy floor from here
 
 
 def ratios(row: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """TaLK time over each other operator's (forward for the floor, fwd+bwd otherwise)."""
+    """TaLK time over each other operator's at one length (the key of RATIOS)."""
     out: dict[str, float | None] = {}
     for name, key, other in RATIOS:
         a, b = row.get("talk", {}).get(key), row.get(other, {}).get(key)
@@ -203,10 +244,29 @@ def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
         m = {T: results[T]["talk"].get("peak_fwd_bwd_mb") for T in (512, 8192)}
         if m[512] and m[8192]:
             out["memory_ratio_8192_over_512"] = round(m[8192] / m[512], 2)
-    fl = [ratios(results[T])["talk/floor"] for T in Ts if T >= 512]
-    out["max_talk_over_floor_T>=512"] = max((r for r in fl if r), default=None)
-    out["within_3x_of_floor"] = bool(fl) and all(r is not None and r <= 3 for r in fl)
+    cs = [ratios(results[T])["talk/cumsum"] for T in Ts if T >= 512]
+    out["max_talk_over_cumsum_T>=512"] = max((r for r in cs if r), default=None)
+    out["within_3x_of_cumsum"] = bool(cs) and all(r is not None and r <= 3 for r in cs)
+    return {**out, **_floor_checks(results)}
+
+
+def _floor_checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """TaLK against the physical floor (a copy) at every T >= FLOOR_FROM_T."""
+    out: dict[str, Any] = {}
+    long = [T for T in sorted(results) if T >= FLOOR_FROM_T]
+    for name, label in (("talk/copy fwd", "fwd"), ("talk/copy fwd+bwd", "fwd_bwd")):
+        rs = [ratios(results[T])[name] for T in long]
+        out[f"{label}_over_copy_floor_T>={FLOOR_FROM_T}"] = (
+            {T: r for T, r in zip(long, rs, strict=True)} if long else None)
+        out[f"{label}_within_{FLOOR_TIMES:g}x_of_copy_floor"] = bool(long) and all(
+            r is not None and r <= FLOOR_TIMES for r in rs)
     return out
+
+
+def disturbed(results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    """The measurements other work ran beside (`T=2048 talk`)."""
+    return [f"T={T} {op}" for T, row in results.items() for op, r in row.items()
+            if r.get("other_cores", 0) >= BUSY]
 
 
 def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
@@ -221,12 +281,18 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
     if malloc not in MALLOC:
         raise UsageError(f"--malloc must be one of {', '.join(MALLOC)}, got '{malloc}'.")
     results: dict[int, dict[str, dict[str, Any]]] = {}
-    for T in lengths:
-        results[T] = {}
-        for op in ops:
-            progress(f"T={T:>6} {op:<12} ...")
-            results[T][op] = run_one(op, T, batch, channels, heads, kmax, budget_s,
-                                     timeout_s, malloc, min_time_s)
+    with watch_load() as load:
+        for T in lengths:
+            results[T] = {}
+            for op in ops:
+                progress(f"T={T:>6} {op:<12} ...")
+                results[T][op] = run_one(op, T, batch, channels, heads, kmax, budget_s,
+                                         timeout_s, malloc, min_time_s)
+    load["max_other_cores"] = max((r.get("other_cores", 0) for row in results.values()
+                                   for r in row.values()), default=0)
+    warning = load_warning(load, disturbed(results))
+    if warning:
+        progress(warning)
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
                    "kmax": kmax, "kernel_size": 2 * kmax + 1, "min_time_s": min_time_s,
@@ -237,7 +303,8 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "results": {str(T): r for T, r in results.items()},
         "ratios": {str(T): ratios(r) for T, r in results.items()},
-        "checks": checks(results),
+        "checks": {**checks(results), "machine_quiet": warning is None},
+        "load": load, "warning": warning,
     }
 
 
@@ -274,6 +341,7 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
     ops = list(next(iter(report["results"].values())).keys())
     lines = [
         "# TaLK operator benchmark", "",
+        *([report["warning"], ""] if report.get("warning") else []),
         f"B={cfg['batch']}, C={cfg['channels']}, H={cfg['heads']}, K={cfg['kmax']} (kernel "
         f"{cfg['kernel_size']} for the convolutions), float32, CPU. Times are medians in ms "
         f"(torch.utils.benchmark, after up to 3 warm-up calls: blocks of calls until at "
@@ -283,8 +351,10 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"TaLK path: {'C++ kernel' if cfg.get('talk_kernel') else 'tensor ops'}; "
         f"allocator: {cfg.get('malloc', 'system')} {cfg.get('malloc_env') or '(glibc defaults)'}.",
         "",
-        "| T | " + " | ".join(f"{o} fwd | {o} fwd+bwd | {o} MB" for o in ops) + " |",
-        "|---|" + "---|---|---|" * len(ops)]
+        "The last column is the CPU other processes took while that length was measured, "
+        f"in cores (the worst of its operators; {BUSY} or more marks a suspect time).", "",
+        "| T | " + " | ".join(f"{o} fwd | {o} fwd+bwd | {o} MB" for o in ops)
+        + " | other work |", "|---|" + "---|---|---|" * len(ops) + "---|"]
     for T, row in report["results"].items():
         cells = []
         for o in ops:
@@ -292,8 +362,10 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
             cells += [r.get("error", "")[:20] or f"{r['fwd_ms']:.1f}",
                       "" if "error" in r else f"{r['fwd_bwd_ms']:.1f}",
                       "" if "error" in r else f"{r['peak_fwd_bwd_mb']:.0f}"]
-        lines.append(f"| {T} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios (TaLK time / other; forward for the floor, forward+backward otherwise):",
+        other = max(r.get("other_cores", 0) for r in row.values())
+        lines.append(f"| {T} | " + " | ".join(cells) + f" | {other:.2f} |")
+    lines += ["", "Ratios (TaLK's time over the other's: forward for `copy fwd` and `cumsum`, "
+              "forward+backward otherwise; `copy` is the physical floor, see talk/bench.py):",
               "", "| T | " + " | ".join(n for n, _, _ in RATIOS) + " |",
               "|---|" + "---|" * len(RATIOS)]
     for T, r in report["ratios"].items():

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,51 @@ def median_time(fn: Callable[[], Any], warmup: int = 3, warmup_s: float = math.i
             break
     timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.adaptive_autorange(iqr, min_run_time=min_s, max_run_time=budget_s).median
+
+
+BUSY = 0.1  # other work above this many cores, on average, makes a measurement suspect
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has spent busy since boot, CPU seconds of this process
+    and of its children it has waited for). Busy is user, nice, system, irq, softirq and
+    steal time in /proc/stat (steal: the hypervisor gave the core to another machine)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+@contextmanager
+def watch_load() -> Iterator[dict[str, float]]:
+    """What else ran on the machine while the block ran: the 1-minute load average before
+    and after, and `other_cores`, the CPU time used by processes other than this one and
+    the workers it waited for, per second of the block (0 on an idle machine; 1 means a
+    whole core was taken). The load average alone cannot tell a benchmark's own workers
+    from other work; the CPU accounting can. On 2 cores, a job beside a benchmark
+    quantises its times to scheduler slices (~16 ms)."""
+    info = {"load_before": round(os.getloadavg()[0], 2)}
+    start, (busy0, own0) = time.monotonic(), _cpu_seconds()
+    try:
+        yield info
+    finally:
+        busy, own = _cpu_seconds()
+        wall = max(time.monotonic() - start, 1e-6)
+        info["load_after"] = round(os.getloadavg()[0], 2)
+        info["other_cores"] = round(max(0.0, (busy - busy0) - (own - own0)) / wall, 3)
+
+
+def load_warning(load: dict[str, float], disturbed: list[str]) -> str | None:
+    """One warning line when other work ran beside the measurements named in `disturbed`
+    (each measured with other_cores >= BUSY), or None when the machine was quiet."""
+    if not disturbed:
+        return None
+    return (f"WARNING: other work ran during {len(disturbed)} measurement(s) "
+            f"({', '.join(disturbed[:6])}{', ...' if len(disturbed) > 6 else ''}): up to "
+            f"{load['max_other_cores']:.2f} cores beside the benchmark (1-min load average "
+            f"{load['load_before']:.2f} before, {load['load_after']:.2f} after). Their times "
+            "are not to be trusted: rerun on an idle machine (`uptime`).")
 
 
 def int_list(text: str, option: str) -> list[int]:

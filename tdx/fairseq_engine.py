@@ -315,7 +315,7 @@ def train_loop(s: Session, stop: StopFlag) -> tuple[str, bool]:
     returns the status and whether a signal stopped it."""
     t = s.cfg.trainer
     s.bar = TrainProgress(t.max_update, start=s.step, log_every=t.log_every,
-                          description=s.cfg.name)
+                          description=s.cfg.name, windows=s.run.summary.get("rate_windows"))
     stopping = any_rank(bool(stop))  # acted on only when every rank agrees (see loop.py)
     try:
         while s.step < t.max_update and not stopping:
@@ -361,6 +361,12 @@ def _last_epoch(s: Session) -> bool:
     return False
 
 
+def _speed(s: Session) -> dict[str, Any]:
+    """Summary fields: training target tokens/s (the median window, see tdx.progress) and
+    the windows it comes from, which a resume continues."""
+    return {"rate_tok_s": round(s.bar.typical_rate()), "rate_windows": s.bar.windows}
+
+
 def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
     """Interrupted: save and say how to resume; diverged: record it; completed: test the
     model and write the final scores (step 4)."""
@@ -369,7 +375,7 @@ def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
     if stopping and status == "completed":
         stop.signum = stop.signum or signal.SIGTERM
         s.save()
-        s.run.finish("interrupted", step=s.step, best=s.best, rate_tok_s=round(s.bar.rate))
+        s.run.finish("interrupted", step=s.step, best=s.best, **_speed(s))
         log.warning("interrupted at update %d; resume with resume=%s", s.step, s.run.path)
         return "interrupted"
     if status == "diverged":
@@ -378,11 +384,11 @@ def finish(s: Session, status: str, stopping: bool, stop: StopFlag) -> str:
     try:  # rank 0 tests alone, so a stop during the decoding needs no agreement
         final = test(s.cfg, s.task, s.trainer, s.run, stop) if WORLD.master else {}
     except Interrupted:
-        s.run.finish("interrupted", step=s.step, best=s.best, rate_tok_s=round(s.bar.rate))
+        s.run.finish("interrupted", step=s.step, best=s.best, **_speed(s))
         log.warning("interrupted while testing; resume=%s tests the saved model", s.run.path)
         return "interrupted"
     s.run.finish("completed", step=s.step, best=s.best, final=final,
-                 rate_tok_s=round(s.bar.rate))
+                 **_speed(s))
     return status
 
 

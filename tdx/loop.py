@@ -233,7 +233,7 @@ def run_stage(stage: Stage, cfg: DictConfig, run: RunDir, stop: StopFlag) -> dic
     stage.extra["result"] = result or {k: round(float(v), 5) for k, v in metrics.items()}
     sums = gather(";".join(checksum(m) for m in modules))
     run.update(param_checksums={**run.summary.get("param_checksums", {}), stage.name: sums},
-               rates={**run.summary.get("rates", {}), stage.name: round(bar.rate, 1)})
+               rates={**run.summary.get("rates", {}), stage.name: round(bar.typical_rate(), 1)})
     _save(done, stage, i, cfg)
     last.unlink(missing_ok=True)
     return stage.extra["result"]

@@ -247,8 +247,9 @@ class RunDir:
             "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
             "resumed": previous.get("resumed", 0) + int(resumed),
         }
-        if previous.get("mlflow_run_id"):  # a resume continues the same MLflow run
-            self.summary["mlflow_run_id"] = previous["mlflow_run_id"]
+        for key in ("mlflow_run_id", "rate_windows"):  # a resume continues the same MLflow
+            if key in previous:  # run, and the throughput windows (tdx.progress)
+                self.summary[key] = previous[key]
         # the first command stays `command`; each resume's is added
         resumes = previous.get("resume_commands", []) + ([command] if resumed and command
                                                           else [])
