@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # for it pulls a CUDA torch). fairseq pins hydra-core 1.3.2 / omegaconf 2.3.0.
 FAIRSEQ_DEPS := cffi regex tqdm bitarray scikit-learn packaging "hydra-core==1.3.2" "omegaconf==2.3.0" "sacrebleu>=2.3"
 
-.PHONY: help install lock test demo lint table-copy table-talk-mt table-talk-lm table-embed table-zskd table-zskd-sst2 table-srnam tables-smoke bench-talk-op bench-talk-model bench-scaling clean-runs
+.PHONY: help install lock test demo lint table-copy table-talk-mt table-talk-lm table-embed table-zskd table-zskd-sst2 table-srnam tables-smoke bench-talk-op bench-talk-model bench-zskd-student bench-scaling clean-runs
 
 help:  ## this list: every target with what it does
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -77,6 +77,9 @@ bench-scaling: install  ## data-parallel throughput, 1 vs 2 ranks -> results/ben
 
 bench-talk-model: install  ## TaLK model training/generation speed -> results/bench/talk_model.{md,json}
 	$(BIN)/tdx bench talk-model --json results/bench/talk_model.json --md results/bench/talk_model.md
+
+bench-zskd-student: install  ## zero-shot KD student speed, Transformer vs TaLK body -> results/bench/zskd_student.{md,json}
+	$(BIN)/tdx bench zskd-student --json results/bench/zskd_student.json --md results/bench/zskd_student.md
 
 clean-runs:  ## delete runs/, outputs/ and multirun/
 	rm -rf runs outputs multirun

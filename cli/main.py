@@ -295,6 +295,23 @@ def bench_talk_model(
                                md, command_line(), progress), highlight=False, markup=False)
 
 
+@bench_app.command("zskd-student")
+@usage_errors
+def bench_zskd_student(
+    batch: Annotated[int, typer.Option(help="sentences per batch")] = 32,
+    lengths: Annotated[str, typer.Option(help="comma list of word pieces per sentence")] =
+        "32,128,512",
+    budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
+        10.0,
+    json_file: JsonFile = None, md: MdFile = None,
+) -> None:
+    """Zero-shot KD student speed: Transformer body vs TaLK body, equal size."""
+    from tdx.distill import bench
+
+    out.print(bench.main(batch, lengths, budget, json_file, md, command_line(), progress),
+              highlight=False, markup=False)
+
+
 @bench_app.command("scaling")
 @usage_errors
 def bench_scaling(

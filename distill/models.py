@@ -19,7 +19,9 @@ embedding (`embedding_matrix()`, V x e).
   embedding is a Distilled Embedding, ReLU(U) V + b (Lioutas et al. 2020;
   `tdx.embed.compress.LowRank`), fitted to the teacher's word embedding reduced to the
   student's width by PCA: the factorised embedding is what makes a ~30x smaller student
-  possible with a 30k vocabulary.
+  possible with a 30k vocabulary. Its body is a Transformer encoder (`body="transformer"`)
+  or TaLK encoder layers (`body="talk"`, `TalkLayer`: Lioutas & Guo 2020's O(n) window
+  average in place of the O(n^2) self-attention, the rest of the layer alike).
 - `Generator`: the masked-language-model adversary of Sec. 3.2, the student's body with a
   tied output layer (`LowRank.project`).
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdx.embed.compress import LowRank
@@ -162,21 +165,73 @@ class Teacher(Encoder):
         return self.net(inputs_embeds=x, attention_mask=mask.long(), token_type_ids=types).logits
 
 
+BODIES = ("transformer", "talk")
+
+
+class TalkLayer(nn.Module):
+    """A TaLK encoder layer in the student's post-LN form (Lioutas & Guo 2020, Sec. 4: the
+    GLU input projection, the TaLK window average of Eq. 3-6 with l_max = r_max = k, an
+    output projection), then BERT's GELU feed-forward block; residual and LayerNorm after
+    each. Padding is zeroed before the window sums. (B, L, d) -> (B, L, d)."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, k: int, dropout: float):
+        super().__init__()
+        from tdx.talk.module import TaLKConv
+
+        self.inp, self.out = nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.conv = TaLKConv(dim, heads, k, k)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(ffn, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, src_key_padding_mask: Tensor) -> Tensor:
+        y = F.glu(self.inp(x), dim=-1)  # (B, L, d)
+        y = self.conv(y.transpose(0, 1), src_key_padding_mask).transpose(0, 1)
+        x = self.norm1(x + self.drop(self.out(y)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class TalkEncoder(nn.ModuleList):
+    """TalkLayers with the window maxima `ks`, one per layer; nn.TransformerEncoder's call."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, ks: list[int], dropout: float):
+        super().__init__(TalkLayer(dim, heads, ffn, k, dropout) for k in ks)
+
+    def forward(self, x: Tensor, src_key_padding_mask: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, src_key_padding_mask)
+        return x
+
+
 class Body(nn.Module):
     """Word (Distilled Embedding) + position + segment embeddings, LayerNorm, then a
-    post-LN Transformer encoder with GELU, as in BERT. (B, L, e) -> (B, L, d)."""
+    post-LN encoder with GELU, as in BERT: Transformer layers, or TaLK layers with window
+    maxima `talk_max` (one per layer). (B, L, e) -> (B, L, d)."""
 
     def __init__(self, vocab: int, dim: int, layers: int, heads: int, ffn: int, rank: int,
-                 max_len: int, dropout: float, pad: int):
+                 max_len: int, dropout: float, pad: int, body: str | None = None,
+                 talk_max: list[int] | None = None):
         super().__init__()
+        body = body or "transformer"
+        if body not in BODIES:
+            raise UsageError(f"zskd.student.body must be one of {', '.join(BODIES)}, got "
+                             f"'{body}'")
         self.words = LowRank(vocab, dim, pad, rank, relu=True, bias=True)
         self.pos = nn.Embedding(max_len, dim)
         self.seg = nn.Embedding(2, dim)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, ffn, dropout, activation="gelu",
-                                           batch_first=True)
-        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        if body == "talk":
+            talk_max = talk_max or [2 ** (i + 3) - 1 for i in range(layers)]
+            if len(talk_max) != layers or min(talk_max) < 0:
+                raise UsageError(f"zskd.student.talk_max needs one window maximum (>= 0) per "
+                                 f"layer ({layers}), got {talk_max}")
+            self.layers: nn.Module = TalkEncoder(dim, heads, ffn, list(talk_max), dropout)
+        else:
+            layer = nn.TransformerEncoderLayer(dim, heads, ffn, dropout, activation="gelu",
+                                               batch_first=True)
+            self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.max_len = max_len
         # BERT's N(0, 0.02): nn.Embedding's N(0, 1) gave position and segment vectors of
         # norm 11 against 0.37 for the fitted word vectors, drowning which word is where
@@ -207,7 +262,8 @@ class Student(Encoder):
     def __init__(self, vocab: int, labels: int, dim: int = 128, layers: int = 3,
                  heads: int = 4, ffn: int = 256, rank: int = 10, max_len: int = 128,
                  dropout: float = 0.1, pad: int = 0, pair: bool = False,
-                 siamese: bool = False, cosine_scale: float | None = None):
+                 siamese: bool = False, cosine_scale: float | None = None,
+                 body: str | None = None, talk_max: list[int] | None = None):
         super().__init__()
         if (siamese or cosine_scale) and not pair:
             raise UsageError("zskd.student.siamese / cosine_scale: a Siamese or cosine "
@@ -216,7 +272,8 @@ class Student(Encoder):
         if cosine_scale and (labels != 1 or not siamese):
             raise UsageError("zskd.student.cosine_scale scores a regression task (stsb) "
                              "with zskd.student.siamese=true; set it to null otherwise")
-        self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad)
+        self.body = Body(vocab, dim, layers, heads, ffn, rank, max_len, dropout, pad, body,
+                         talk_max)
         # on the mean of the real tokens' states: from scratch, a [CLS]-pooled student sat
         # at chance for 600 updates on SST-2 gold labels (49.2%); mean-pooled it reached 74.8.
         # For a pair, |u - v| and u * v put the comparison of the two texts in the head.

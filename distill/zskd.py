@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
@@ -373,9 +373,10 @@ def init_body(path: Path, student: Student) -> int:
         student.body.load_state_dict(body)
     except RuntimeError as e:
         s = blob["config"]["zskd"]["student"]
-        raise UsageError(f"zskd.student.init_from: {ckpt} holds a body of dim {s['dim']}, "
-                         f"{s['layers']} layers, ffn {s['ffn']}, rank {s['rank']}; this "
-                         f"student's settings differ ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"zskd.student.init_from: {ckpt} holds a {s.get('body') or 'transformer'} "
+                         f"body of dim {s['dim']}, {s['layers']} layers, ffn {s['ffn']}, rank "
+                         f"{s['rank']}; this student's settings differ "
+                         f"({str(e).splitlines()[0]})") from None
     return int(blob["step"])
 
 
@@ -392,7 +393,7 @@ def run_pretrain(cfg: DictConfig, run_dir: RunDir, stop: StopFlag) -> dict[str, 
     teacher = freeze(Teacher(2))  # its head is unused: the encoder as pretrained
     s = z.student
     student = Student(tok.vocab_size, 1, s.dim, s.layers, s.heads, s.ffn, s.rank,
-                      z.max_len_pair, s.dropout, tok.pad_token_id)
+                      z.max_len_pair, s.dropout, tok.pad_token_id, **body_options(s))
     fit = student.body.init_words(teacher.embedding_matrix(), s.init_steps)
     log.info("pretrain: %s on %d sentences and %d pairs of %s; embedding fit %s",
              describe(student), len(sents), len(pairs), ", ".join(z.ood.files), fit)
@@ -418,9 +419,20 @@ def load_teacher(path: Path, teacher: Teacher, task: Task) -> tuple[dict[str, An
     return blob["extra"].get("result", {}), blob["config"]["zskd"]["eval"]["max_examples"]
 
 
+def body_options(s: DictConfig) -> dict[str, Any]:
+    """The student body's kind and TaLK window maxima (zskd.student.body, talk_max)."""
+    ks = s.get("talk_max")
+    return {"body": s.get("body"), "talk_max": None if ks is None else list(ks)}
+
+
 def check_config(cfg: DictConfig) -> None:
     """The zskd settings that no config type can check (UsageError, before any work)."""
     z = cfg.zskd
+    ks = z.student.get("talk_max")
+    if ks is not None and (not OmegaConf.is_list(ks) or len(ks) != z.student.layers
+                           or not all(isinstance(k, int) and k >= 0 for k in ks)):
+        raise UsageError(f"zskd.student.talk_max={ks}: a list of one window maximum (an "
+                         f"integer >= 0) per layer ({z.student.layers} layers)")
     if str(z.recipe) not in (*RECIPES, "none", "pretrain"):
         raise UsageError(f"unknown zskd.recipe '{z.recipe}'; recipes: {', '.join(RECIPES)}, "
                          "none (the teacher only), pretrain (task-agnostic student body)")
@@ -472,7 +484,8 @@ def build_student(cfg: DictConfig, teacher: Teacher, inputs: Inputs, V: int, pad
     s, task = cfg.zskd.student, inputs.task
     student = Student(V, task.labels, s.dim, s.layers, s.heads, s.ffn, s.rank,
                       inputs.max_len, s.dropout, pad, task.pair and s.pair_features,
-                      task.pair and s.siamese, task.pair and s.cosine_scale or None)
+                      task.pair and s.siamese, task.pair and s.cosine_scale or None,
+                      **body_options(s))
     if s.init_from:
         steps = init_body(Path(str(s.init_from)), student)
         fit = f"none: body from {s.init_from} ({steps} pretrain updates)"

@@ -180,3 +180,20 @@ def test_model_targets_by_length():
     assert checks == {"mt16_train_>=1.2x_transformer": False, "mt16_gen_>=1.3x_transformer": False,
                       "mt64_train_>=1.2x_transformer": True, "mt64_gen_>=1.5x_transformer": True,
                       "faster_than_dynamicconv_everywhere": True}
+
+
+def test_bench_zskd_student_tiny(tmp_path):
+    js, md = tmp_path / "s.json", tmp_path / "s.md"
+    proc = tdx("bench", "zskd-student", "--batch", "2", "--lengths", "16", "--budget", "0.2",
+               "--json", str(js), "--md", str(md), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(js.read_text())
+    row = res["results"]["16"]
+    for body in ("transformer", "talk"):
+        assert row[body]["infer_sent_per_s"] > 0 and row[body]["train_sent_per_s"] > 0
+    assert abs(row["talk"]["params"] / row["transformer"]["params"] - 1) < 1e-3
+    assert res["ratios"]["infer16_talk/transformer"] > 0
+    assert res["checks"]["infer128_>=1.3x_transformer"] is None  # not measured at 128
+    assert "TaLK body" in md.read_text()
+    bad = tdx("bench", "zskd-student", "--lengths", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

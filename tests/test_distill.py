@@ -275,18 +275,36 @@ class _Toy(torch.nn.Module):
         return self.forward_embeds(self.embed(b.ids), b.mask, b.types)
 
 
-def test_student_pools_real_tokens_only():
+@pytest.mark.parametrize("body", ["transformer", "talk"])
+def test_student_pools_real_tokens_only(body):
+    """Padding changes nothing (the TaLK body zeroes it before its window sums, and a
+    window that reaches into it sums what a clamped window would)."""
     from tdx.distill.models import Batch, Student
 
     torch.manual_seed(0)
-    student = Student(30, labels=2, dim=16, layers=1, heads=2, ffn=32, rank=4, max_len=12,
-                      dropout=0.0).eval()
+    student = Student(30, labels=2, dim=16, layers=2, heads=2, ffn=32, rank=4, max_len=12,
+                      dropout=0.0, body=body, talk_max=[3, 7]).eval()
     ids = torch.tensor([[1, 5, 6, 2]])
     padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]])
     short, long = (student(Batch(i, i != 0, torch.zeros_like(i))) for i in (ids, padded))
     torch.testing.assert_close(short, long)
     other = torch.tensor([[1, 5, 7, 2]])  # every real token counts, not only [CLS]
     assert not torch.allclose(short, student(Batch(other, other != 0, torch.zeros_like(other))))
+
+
+def test_a_talk_student_has_the_transformer_students_size():
+    """TaLK layers (GLU input, window average, output: 3d^2) in place of attention (4d^2):
+    a feed-forward block of 316 instead of 256 gives back the difference (issue 47)."""
+    from tdx.distill.models import Student, TalkLayer
+
+    transformer, talk = Student(30522, 2), Student(30522, 2, body="talk", ffn=316)
+    assert abs(talk.size() / transformer.size() - 1) < 1e-3
+    assert [layer.conv.left_max for layer in talk.body.layers] == [7, 15, 31]
+    assert all(isinstance(layer, TalkLayer) for layer in talk.body.layers)
+    with pytest.raises(UsageError, match="one window maximum"):
+        Student(30522, 2, body="talk", talk_max=[3, 7])  # 3 layers
+    with pytest.raises(UsageError, match="transformer, talk"):
+        Student(30522, 2, body="lstm")
 
 
 def test_positions_and_segments_do_not_drown_the_word_vectors():
@@ -462,7 +480,8 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
     bad = tdx("train", "zskd", "zskd.task=sst2", f"zskd.teacher_from={runs}/teacher", *FAST,
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
-    for arg, says in [("zskd.ood.crop=0.5", "sentence-pair"), ("zskd.student.kd=l1", "kl, mse")]:
+    for arg, says in [("zskd.ood.crop=0.5", "sentence-pair"), ("zskd.student.kd=l1", "kl, mse"),
+                      ("zskd.student.talk_max=[3,7]", "one window maximum")]:
         with pytest.raises(UsageError, match=says):  # the checks `tdx train` makes first
             check("zskd", ["zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher", arg, *FAST])
     assert only_run(runs / "teacher")
@@ -475,7 +494,8 @@ def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
     from tdx.distill.zskd import init_body
 
     runs = tmp_path / "runs"
-    tdx("train", "zskd", "zskd.recipe=pretrain", "zskd.pretrain.steps=3", *FAST,
+    talk = ["zskd.student.body=talk", "zskd.student.ffn=316"]  # the TaLK student (issue 47)
+    tdx("train", "zskd", "zskd.recipe=pretrain", "zskd.pretrain.steps=3", *talk, *FAST,
         f"hydra.run.dir={runs}/pretrain", cwd=tmp_path, check=True)
     final = summary(runs / "pretrain")["final"]
     assert final["recipe"] == "pretrain" and final["task"] is None
@@ -484,19 +504,19 @@ def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
     body = blob["state"]["body"]
     assert body["pos.weight"].shape == (128, 128)  # pairs' length: zskd.max_len_pair
 
-    student = Student(30522, 2, max_len=64)  # a single-sentence task's student
+    student = Student(30522, 2, max_len=64, body="talk", ffn=316)  # a single-sentence task's
     assert init_body(runs / "pretrain", student) == 3
     for k, v in student.body.state_dict().items():
         torch.testing.assert_close(v, body[k][:64] if k == "pos.weight" else body[k])
-    with pytest.raises(UsageError, match="dim 128, 3 layers"):
-        init_body(runs / "pretrain", Student(30522, 2, dim=64, heads=2, max_len=64))
+    with pytest.raises(UsageError, match="talk body of dim 128, 3 layers"):
+        init_body(runs / "pretrain", Student(30522, 2, max_len=64))  # a Transformer body
     with pytest.raises(UsageError, match="pretrain stage finished"):
         init_body(tmp_path, student)
 
     # (a zero-shot student that reads random spans of the out-of-domain sentences)
     tdx("train", "zskd", "zskd.task=sst2", "zskd.recipe=ood", "zskd.ood.crop=1.0",
-        f"zskd.student.init_from={runs}/pretrain", *FAST, f"hydra.run.dir={runs}/student",
-        cwd=tmp_path, check=True)
+        f"zskd.student.init_from={runs}/pretrain", *talk, *FAST,
+        f"hydra.run.dir={runs}/student", cwd=tmp_path, check=True)
     assert "primary" in summary(runs / "student")["final"]["student"]
     tdx("report", str(runs), "--table", "zskd", "--out", str(tmp_path / "z.md"),
         cwd=tmp_path, check=True)
