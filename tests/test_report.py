@@ -166,3 +166,23 @@ def test_generic_table_writes_its_committed_markdown(tmp_path, monkeypatch):
     generated = out.read_text().split(MARK)[0].rstrip("\n") + "\n"
     text = re.sub(r"\(tdx commit [^,]+, [-0-9: ]+\)", "(tdx commit COMMIT, DATE)", generated)
     assert text == (FIXTURES / "expected" / "generic.md").read_text()
+
+
+def test_talk_against_the_transformer_from_hand_numbers(tmp_path):
+    """Issue 45's targets under the TaLK tables: means over seeds, a miss says by how much,
+    and no target when one of the two models is missing."""
+    from tdx.report import Run
+    from tdx.talk.report import mt_notes
+
+    def run(arch: str, bleu: float, rate: float) -> Run:
+        return Run(tmp_path, {"final": {"bleu_beam5": bleu}, "rate_tok_s": rate,
+                              "bleu_signature": "nrefs:1|tok:13a"}, {"model": {"arch": arch}}, {})
+
+    runs = [run("talkconv_multi30k", 38.9, 2600), run("talkconv_multi30k", 39.1, 2400),
+            run("transformer_multi30k", 39.8, 2000), run("lightconv_multi30k", 45.0, 9000)]
+    text = mt_notes(runs)
+    assert "signature `nrefs:1|tok:13a`" in text
+    assert "- TaLK test BLEU (beam 5) >= Transformer - 0.5: MISSED (TaLK 39.00, Transformer " \
+           "39.80, TaLK worse by 0.80)" in text
+    assert "- TaLK faster in training tokens/s: met (2500 vs 2000, 1.250x" in text
+    assert "Targets" not in mt_notes(runs[:2])
