@@ -168,6 +168,12 @@ class Teacher(Encoder):
 BODIES = ("transformer", "talk")
 
 
+def talk_windows(layers: int, talk_max: list[int] | None) -> list[int]:
+    """Each TaLK layer's window maximum: `talk_max`, or by default 7, 15, 31, 63, ...
+    (2^(i+3) - 1 for layer i, growing with depth as the paper's encoders do)."""
+    return list(talk_max) if talk_max else [2 ** (i + 3) - 1 for i in range(layers)]
+
+
 class TalkLayer(nn.Module):
     """A TaLK encoder layer in the student's post-LN form (Lioutas & Guo 2020, Sec. 4: the
     GLU input projection, the TaLK window average of Eq. 3-6 with l_max = r_max = k, an
@@ -223,7 +229,7 @@ class Body(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         if body == "talk":
-            talk_max = talk_max or [2 ** (i + 3) - 1 for i in range(layers)]
+            talk_max = talk_windows(layers, talk_max)
             if len(talk_max) != layers or min(talk_max) < 0:
                 raise UsageError(f"zskd.student.talk_max needs one window maximum (>= 0) per "
                                  f"layer ({layers}), got {talk_max}")

@@ -53,6 +53,7 @@ from tdx.distill.models import (
     Encoder,
     Generator,
     Student,
+    TalkEncoder,
     Teacher,
     describe,
     encode,
@@ -61,6 +62,7 @@ from tdx.distill.models import (
     kd_targets,
     mean_states,
     pack,
+    talk_windows,
     tokenizer,
 )
 from tdx.distill.recipes import RECIPES, ZERO_SHOT
@@ -359,6 +361,19 @@ def pretrain_stage(cfg: DictConfig, teacher: Teacher, student: Student, tok: Any
                  units=p.batch, unit_name="sequences")
 
 
+def _same_windows(ckpt: Path, saved: dict[str, Any], student: Student) -> None:
+    """A TaLK body's window maxima shape no parameter, so a body trained with other
+    maxima would load silently: refuse it (UsageError)."""
+    want = [layer.conv.left_max for layer in student.body.layers] \
+        if isinstance(student.body.layers, TalkEncoder) else None
+    kind = saved.get("body") or "transformer"
+    have = talk_windows(saved["layers"], saved.get("talk_max")) if kind == "talk" else None
+    if want is not None and have is not None and have != want:
+        raise UsageError(f"zskd.student.init_from: {ckpt} holds a talk body with window "
+                         f"maxima {list(have)}; this student's are {want} "
+                         "(zskd.student.talk_max)")
+
+
 def init_body(path: Path, student: Student) -> int:
     """Load the body of a finished `pretrain` run into `student` (its position table cut
     to the student's length); returns the pretrain's number of updates."""
@@ -367,6 +382,7 @@ def init_body(path: Path, student: Student) -> int:
         raise UsageError(f"zskd.student.init_from: {ckpt} not found (a run folder of "
                          "zskd.recipe=pretrain whose pretrain stage finished)")
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    _same_windows(ckpt, blob["config"]["zskd"]["student"], student)
     body = dict(blob["state"]["body"])
     body["pos.weight"] = body["pos.weight"][: student.body.max_len]
     try:
@@ -429,8 +445,11 @@ def check_config(cfg: DictConfig) -> None:
     """The zskd settings that no config type can check (UsageError, before any work)."""
     z = cfg.zskd
     ks = z.student.get("talk_max")
-    if ks is not None and (not OmegaConf.is_list(ks) or len(ks) != z.student.layers
-                           or not all(isinstance(k, int) and k >= 0 for k in ks)):
+    if ks is not None and z.student.get("body") != "talk":
+        raise UsageError(f"zskd.student.talk_max={ks} sets a TaLK body's windows; add "
+                         "zskd.student.body=talk, or drop it")
+    if ks is not None and (not OmegaConf.is_list(ks) or len(ks) != z.student.layers or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in ks)):
         raise UsageError(f"zskd.student.talk_max={ks}: a list of one window maximum (an "
                          f"integer >= 0) per layer ({z.student.layers} layers)")
     if str(z.recipe) not in (*RECIPES, "none", "pretrain"):

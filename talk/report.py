@@ -37,7 +37,7 @@ def versus_transformer(score: str, name: str, lower_is_better: bool, margin: flo
         a, b = _mean(talk, score), _mean(base, score)
         if a is None or b is None:
             return []
-        d = (b - a) if lower_is_better else (a - b)
+        d = round((b - a) if lower_is_better else (a - b), digits)  # as printed
         sign = ("<=", "+") if lower_is_better else (">=", "-")
         need = f"{sign[0]} Transformer" + (f" {sign[1]} {margin:g}" if margin else "")
         out = ["Targets (TaLK against the Transformer of the same budget; means over seeds):",
@@ -53,8 +53,9 @@ def versus_transformer(score: str, name: str, lower_is_better: bool, margin: flo
 
 
 def mt_notes(runs: list[Run]) -> str:
-    sig = next((s for r in runs if (s := r.get("bleu_signature"))), None)
-    text = f"\nTest BLEU: sacreBLEU, signature `{sig}`.\n" if sig else ""
+    sigs = sorted({str(s) for r in runs if (s := r.get("bleu_signature"))})
+    text = (f"\nTest BLEU: sacreBLEU, signature{'s' if len(sigs) > 1 else ''} "
+            + ", ".join(f"`{s}`" for s in sigs) + ".\n") if sigs else ""
     targets = versus_transformer("final.bleu_beam5", "test BLEU (beam 5)", False, 0.5, 2)(runs)
     return text + (target_notes(targets) if targets else "")
 

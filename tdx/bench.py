@@ -43,14 +43,17 @@ IQR = 0.1  # timing stops once the blocks' interquartile range is under this of 
 
 
 def median_time(fn: Callable[[], Any], warmup: int = 3, warmup_s: float = math.inf,
-                min_s: float = 0.0, budget_s: float = 10.0, iqr: float = IQR) -> float:
+                min_s: float = 0.0, budget_s: float = 10.0, iqr: float = IQR,
+                load: dict[str, float] | None = None) -> float:
     """Seconds per call of fn, for every benchmark, timed by torch.utils.benchmark's
     `Timer.adaptive_autorange` on the caller's threads: after `warmup` calls (allocator
     growth, first-touch pages, one-time setup; at least one, no more once `warmup_s` seconds
     have passed), blocks of calls (sized by torch so the timer's own cost is under 1e-4 of
     a block: a 5-ms call is timed in blocks of 10) until there are at least 4 blocks and
     `min_s` seconds of them and the blocks' interquartile range is under `iqr` of their
-    median, or `budget_s` is spent; the median over blocks, per call."""
+    median, or `budget_s` is spent; the median over blocks, per call. With `load`, its
+    `other_cores` becomes the most CPU other work took (`watch_load`) during this timing
+    or an earlier one into the same dict."""
     import torch
     from torch.utils import benchmark
 
@@ -60,10 +63,14 @@ def median_time(fn: Callable[[], Any], warmup: int = 3, warmup_s: float = math.i
         if time.perf_counter() - start > warmup_s:
             break
     timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.adaptive_autorange(iqr, min_run_time=min_s, max_run_time=budget_s).median
+    with watch_load() as seen:
+        median = timer.adaptive_autorange(iqr, min_run_time=min_s, max_run_time=budget_s).median
+    if load is not None:
+        load["other_cores"] = max(load.get("other_cores", 0.0), seen["other_cores"])
+    return median
 
 
-BUSY = 0.1  # other work above this many cores, on average, makes a measurement suspect
+BUSY = 0.1  # other work of this many cores or more, on average, makes a timing suspect
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -80,11 +87,14 @@ def _cpu_seconds() -> tuple[float, float]:
 @contextmanager
 def watch_load() -> Iterator[dict[str, float]]:
     """What else ran on the machine while the block ran: the 1-minute load average before
-    and after, and `other_cores`, the CPU time used by processes other than this one and
-    the workers it waited for, per second of the block (0 on an idle machine; 1 means a
-    whole core was taken). The load average alone cannot tell a benchmark's own workers
-    from other work; the CPU accounting can. On 2 cores, a job beside a benchmark
-    quantises its times to scheduler slices (~16 ms)."""
+    and after, and `other_cores`, the machine's busy CPU time (/proc/stat, the whole host
+    when run in a container) less this process's and the workers' it waited for, per
+    second of the block (0 on an idle machine; 1 means a whole core was taken). That is
+    other processes, and also interrupt and steal time and kernel threads, which no
+    process's accounting holds: all of it takes cores from the benchmark. The load
+    average alone cannot tell a benchmark's own workers from other work; the CPU
+    accounting can. On 2 cores, a job beside a benchmark quantises its times to
+    scheduler slices (~16 ms)."""
     info = {"load_before": round(os.getloadavg()[0], 2)}
     start, (busy0, own0) = time.monotonic(), _cpu_seconds()
     try:

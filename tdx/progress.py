@@ -4,7 +4,9 @@ lines (every `log_every` updates) when stdout is not a terminal.
 Throughput is measured over windows of about 10 s of updates; each finished window's rate
 is kept, and a run's speed is their median (`typical_rate`): a window that held a
 validation pass, a checkpoint save or another job's burst is one outlier among many,
-where the last window alone (what the bar shows) or the mean over the run would carry it."""
+where the last window alone (what the bar shows) or the mean over the run would carry it.
+The fairseq engine carries a run's windows across a resume (summary.json `rate_windows`);
+a plain-PyTorch stage's rate covers the segment that finished it."""
 
 from __future__ import annotations
 

@@ -27,12 +27,9 @@ def test_bench_talk_op_tiny(tmp_path):
         for op in ("talk", "lightconv", "cumsum", "copy"):
             r = res["results"][T][op]
             assert "error" not in r, r
-            assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["other_cores"] >= 0
+            assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and "other_cores" in r
             assert (r["peak_fwd_bwd_mb"] > 0) == (op != "copy")  # the copy allocates nothing
         assert res["ratios"][T]["talk/cumsum"] > 0 and res["ratios"][T]["talk/copy fwd"] > 0
-        # the floor's forward + backward is two copies, its forward one
-        copy = res["results"][T]["copy"]
-        assert copy["fwd_bwd_ms"] > copy["fwd_ms"]
     assert {"load_before", "load_after", "other_cores", "max_other_cores"} <= set(res["load"])
     assert "machine_quiet" in res["checks"] and "fwd_within_2x_of_copy_floor" in res["checks"]
     text = md.read_text()
@@ -108,7 +105,7 @@ def test_targets_are_evaluated_from_numbers():
     assert not c["fwd_within_2x_of_copy_floor"] and c["fwd_bwd_within_2x_of_copy_floor"]
     results[8192]["copy"]["fwd_ms"] = 170 / 1.9
     assert checks(results)["fwd_within_2x_of_copy_floor"]
-    assert not checks({512: row(10, 5)})["fwd_within_2x_of_copy_floor"]  # no long T: not met
+    assert checks({512: row(10, 5)})["fwd_within_2x_of_copy_floor"] is None  # not measured
 
 
 BUSY_LOOP = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
@@ -157,7 +154,7 @@ def test_bench_talk_model_tiny(tmp_path):
         r = res["results"]["mt"]["16"][name]
         assert "error" not in r, r
         assert r["train_words_per_s"] > 0 and r["gen_sent_per_s"] > 0 and r["params"] > 0
-        assert r["other_cores"] >= 0
+        assert "other_cores" in r
     for name in ("talk", "transformer", "dynamicconv"):
         assert res["results"]["lm"]["16"][name]["train_tok_per_s"] > 0
     assert res["ratios"]["mt16_train_talk/transformer"] > 0

@@ -481,7 +481,7 @@ def test_teacher_then_every_student_recipe_runs(tmp_path):
               f"paths.runs_dir={tmp_path}/x", cwd=tmp_path)
     assert bad.returncode == 2 and "fine-tuned on mrpc" in bad.stdout + bad.stderr
     for arg, says in [("zskd.ood.crop=0.5", "sentence-pair"), ("zskd.student.kd=l1", "kl, mse"),
-                      ("zskd.student.talk_max=[3,7]", "one window maximum")]:
+                      ("zskd.student.talk_max=[3,7,15]", "add zskd.student.body=talk")]:
         with pytest.raises(UsageError, match=says):  # the checks `tdx train` makes first
             check("zskd", ["zskd.task=mrpc", f"zskd.teacher_from={runs}/teacher", arg, *FAST])
     assert only_run(runs / "teacher")
@@ -510,6 +510,10 @@ def test_pretrained_body_is_what_every_student_starts_from(tmp_path):
         torch.testing.assert_close(v, body[k][:64] if k == "pos.weight" else body[k])
     with pytest.raises(UsageError, match="talk body of dim 128, 3 layers"):
         init_body(runs / "pretrain", Student(30522, 2, max_len=64))  # a Transformer body
+    with pytest.raises(UsageError, match=r"window maxima \[7, 15, 31\]; this student's are "
+                                         r"\[3, 3, 3\]"):  # would load: no parameter differs
+        init_body(runs / "pretrain", Student(30522, 2, max_len=64, body="talk", ffn=316,
+                                             talk_max=[3, 3, 3]))
     with pytest.raises(UsageError, match="pretrain stage finished"):
         init_body(tmp_path, student)
 

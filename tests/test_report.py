@@ -186,3 +186,9 @@ def test_talk_against_the_transformer_from_hand_numbers(tmp_path):
            "39.80, TaLK worse by 0.80)" in text
     assert "- TaLK faster in training tokens/s: met (2500 vs 2000, 1.250x" in text
     assert "Targets" not in mt_notes(runs[:2])
+    # a mean exactly at the margin is met as printed (30.99 and 31.33 against 31.66: the
+    # float difference is -0.5000000000000036)
+    edge = [run("talkconv_multi30k", 30.99, 1), run("talkconv_multi30k", 31.33, 1),
+            run("transformer_multi30k", 31.66, 1)]
+    assert "Transformer - 0.5: met (TaLK 31.16, Transformer 31.66, TaLK worse by 0.50)" in \
+        mt_notes(edge)

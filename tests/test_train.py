@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 
 import pytest
@@ -111,10 +112,15 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert s["status"] == "interrupted", s
     assert 0 < s["step"] < 200
     assert (run / "checkpoints" / "checkpoint_last.pt").exists()
+    windows = s["rate_windows"]  # the throughput windows of the first segment
 
     res = tdx("train", "copy", f"resume={run}", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert summary(run)["status"] == "completed" and summary(run)["resumed"] == 1
+    done = summary(run)  # the resume continued the windows; the speed is their median
+    assert done["rate_windows"][:len(windows)] == windows
+    assert not done["rate_windows"] or done["rate_tok_s"] == round(
+        statistics.median(done["rate_windows"]))
     got = [json.loads(x) for x in lines(run)]
     keys = [(r["step"], r["split"]) for r in got]
     assert len(keys) == len(set(keys)), "duplicated metrics lines"
