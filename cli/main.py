@@ -260,7 +260,7 @@ def bench_talk_op(
     budget: Annotated[float, typer.Option(help="seconds of timing per figure, at most")] =
         20.0,
     ops: Annotated[str, typer.Option(help="comma list of operators")] =
-        "talk,lightconv,dynamicconv,attention,cumsum,copy",
+        "talk,talk_window,lightconv,dynamicconv,attention,cumsum,copy",
     malloc: Annotated[str, typer.Option(help="reuse: freed memory is reused at every size "
                                         "(default); system: glibc defaults")] = "reuse",
     json_file: JsonFile = None, md: MdFile = None,

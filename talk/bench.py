@@ -9,6 +9,8 @@ compile-time memory of TaLK's fused path is not counted).
 
 Operators, x of shape (T, B, C), H heads, kernel 2K+1 where one is needed:
 - talk         TaLKConv encoder layer (offset projection + window average), l_max=r_max=K
+- talk_window  the window average alone (the C++ kernel on given offsets a, (T, B, 2H)):
+               the layer's time less this is what its offset projection costs
 - lightconv    fairseq LightweightConv1dTBC, CPU path (unfold when T > 512, as fairseq's
                DynamicConv1dTBC chooses; the band-matrix path needs O(T^2) memory)
 - dynamicconv  fairseq DynamicConv1dTBC, CPU path (same rule)
@@ -67,7 +69,7 @@ from tdx.bench import (
 )
 from tdx.errors import UsageError
 
-OPS = ("talk", "lightconv", "dynamicconv", "attention", "cumsum", "copy")
+OPS = ("talk", "talk_window", "lightconv", "dynamicconv", "attention", "cumsum", "copy")
 MALLOC = {"reuse": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)},
           "system": {}}
 
@@ -96,6 +98,10 @@ def _build(op: str, T: int, B: int, C: int, H: int, K: int) -> tuple[Callable, l
         from tdx.talk.module import TaLKConv
         m = TaLKConv(C, H, K, K)
         return (lambda: m(x)), [x]
+    if op == "talk_window":
+        from tdx.talk.ops import talk
+        a = torch.rand(T, B, 2 * H, requires_grad=True)
+        return (lambda: talk(x, a, H, K, K)), [x, a]
     if op in ("lightconv", "dynamicconv"):
         from fairseq.modules import DynamicConv1dTBC, LightweightConv1dTBC
         cls = LightweightConv1dTBC if op == "lightconv" else DynamicConv1dTBC
@@ -214,17 +220,21 @@ def _run_worker(cmd: list[str], timeout_s: float, malloc: str) -> dict[str, Any]
 
 
 RATIOS = (("talk/copy fwd", "fwd_ms", "copy"), ("talk/copy fwd+bwd", "fwd_bwd_ms", "copy"),
+          ("window/copy fwd", "fwd_ms", "copy"), ("window/copy fwd+bwd", "fwd_bwd_ms", "copy"),
           ("talk/cumsum", "fwd_ms", "cumsum"), ("talk/lightconv", "fwd_bwd_ms", "lightconv"),
           ("talk/dynamicconv", "fwd_bwd_ms", "dynamicconv"),
           ("talk/attention", "fwd_bwd_ms", "attention"))
+NUMERATOR = {"talk": "talk", "window": "talk_window"}  # a ratio's name starts with its key
 FLOOR_FROM_T, FLOOR_TIMES = 2048, 2.0  # target: TaLK within 2x of the copy floor from here
 
 
 def ratios(row: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """TaLK time over each other operator's at one length (the key of RATIOS)."""
+    """TaLK's time (the layer's, or the window kernel's alone for `window/...`) over each
+    other operator's at one length (the key of RATIOS)."""
     out: dict[str, float | None] = {}
     for name, key, other in RATIOS:
-        a, b = row.get("talk", {}).get(key), row.get(other, {}).get(key)
+        num = NUMERATOR[name.split("/")[0]]
+        a, b = row.get(num, {}).get(key), row.get(other, {}).get(key)
         out[name] = round(a / b, 3) if a and b else None
     return out
 

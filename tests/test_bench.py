@@ -18,18 +18,19 @@ def test_bench_talk_op_tiny(tmp_path):
     js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     proc = tdx("bench", "talk-op", "--lengths", "32", "--batch", "1", "--channels", "16",
                "--heads", "2", "--kmax", "3", "--min-time", "0", "--budget", "0.2",
-               "--ops", "talk,lightconv,cumsum,copy",
+               "--ops", "talk,talk_window,lightconv,cumsum,copy",
                "--json", str(js), "--md", str(md), "--plot", str(png), cwd=tmp_path,
                timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(js.read_text())
     for T in ("32",):
-        for op in ("talk", "lightconv", "cumsum", "copy"):
+        for op in ("talk", "talk_window", "lightconv", "cumsum", "copy"):
             r = res["results"][T][op]
             assert "error" not in r, r
             assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and "other_cores" in r
             assert (r["peak_fwd_bwd_mb"] > 0) == (op != "copy")  # the copy allocates nothing
         assert res["ratios"][T]["talk/cumsum"] > 0 and res["ratios"][T]["talk/copy fwd"] > 0
+        assert res["ratios"][T]["window/copy fwd+bwd"] > 0
     assert {"load_before", "load_after", "other_cores", "max_other_cores"} <= set(res["load"])
     assert "machine_quiet" in res["checks"] and "fwd_within_2x_of_copy_floor" in res["checks"]
     text = md.read_text()
