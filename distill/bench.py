@@ -84,12 +84,8 @@ def run_benchmark(batch: int, lengths: list[int], budget_s: float, malloc: str =
                 res[str(L)][body] = run_worker(
                     [sys.executable, "-m", "tdx.distill.bench", body, str(batch), str(L),
                      str(budget_s)], 1800.0, malloc)
-    load["max_other_cores"] = max(r.get("other_cores", 0) for row in res.values()
-                                  for r in row.values())
-    warning = load_warning(load, [f"L={L} {body}" for L, row in res.items()
-                                  for body, r in row.items() if r.get("other_cores", 0) >= BUSY])
-    if warning:
-        progress(warning)
+    warning = load_warning(load, {f"L={L} {body}": r for L, row in res.items()
+                                  for body, r in row.items()}, progress)
     ratios = {f"{kind}{L}_talk/transformer": _ratio(row, f"{kind}_sent_per_s")
               for L, row in res.items() for kind in ("infer", "train")}
     target = ratios.get(f"infer{TARGET_LENGTH}_talk/transformer")  # None: not measured,

@@ -280,12 +280,6 @@ def _floor_checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, An
     return out
 
 
-def disturbed(results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
-    """The measurements other work ran beside (`T=2048 talk`)."""
-    return [f"T={T} {op}" for T, row in results.items() for op, r in row.items()
-            if r.get("other_cores", 0) >= BUSY]
-
-
 def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kmax: int,
                   budget_s: float = 20.0, timeout_s: float = 900.0,
                   min_time_s: float = MIN_TIME_S,
@@ -305,11 +299,8 @@ def run_benchmark(lengths: list[int], batch: int, channels: int, heads: int, kma
                 progress(f"T={T:>6} {op:<12} ...")
                 results[T][op] = run_one(op, T, batch, channels, heads, kmax, budget_s,
                                          timeout_s, malloc, min_time_s)
-    load["max_other_cores"] = max((r.get("other_cores", 0) for row in results.values()
-                                   for r in row.values()), default=0)
-    warning = load_warning(load, disturbed(results))
-    if warning:
-        progress(warning)
+    warning = load_warning(load, {f"T={T} {op}": r for T, row in results.items()
+                                  for op, r in row.items()}, progress)
     return {
         "config": {"lengths": lengths, "batch": batch, "channels": channels, "heads": heads,
                    "kmax": kmax, "kernel_size": 2 * kmax + 1, "min_time_s": min_time_s,

@@ -200,11 +200,7 @@ def run_benchmark(batch: int = 64, lengths: tuple[int, ...] = (16, 64, 256),
                     malloc)
     cells = {f"{task} {n} {name}": r for task in ("mt", "lm") for n, row in res[task].items()
              for name, r in row.items()}
-    load["max_other_cores"] = max((r.get("other_cores", 0) for r in cells.values()), default=0)
-    warning = load_warning(load, [k for k, r in cells.items()
-                                  if r.get("other_cores", 0) >= BUSY])
-    if warning:
-        progress(warning)
+    warning = load_warning(load, cells, progress)
     ratios, checks = ratios_and_checks(res)
     return {"config": {"batch": batch, "lengths": list(lengths), "lm_tokens": lm_tokens,
                        "contexts": list(contexts), "budget_s": budget_s, "vocab": VOCAB,

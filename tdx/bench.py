@@ -106,16 +106,25 @@ def watch_load() -> Iterator[dict[str, float]]:
         info["other_cores"] = round(max(0.0, (busy - busy0) - (own - own0)) / wall, 3)
 
 
-def load_warning(load: dict[str, float], disturbed: list[str]) -> str | None:
-    """One warning line when other work ran beside the measurements named in `disturbed`
-    (each measured with other_cores >= BUSY), or None when the machine was quiet."""
+def load_warning(load: dict[str, float], measured: dict[str, dict[str, Any]],
+                 progress: Callable[[str], None] | None = None) -> str | None:
+    """Given a benchmark's `watch_load` record and its results by name (each with the
+    `other_cores` its worker saw), set load['max_other_cores'] and return one warning line
+    naming the measurements other work ran beside (other_cores >= BUSY), also passed to
+    `progress`; None when the machine was quiet."""
+    seen = {k: r.get("other_cores", 0.0) for k, r in measured.items()}
+    load["max_other_cores"] = max(seen.values(), default=0.0)
+    disturbed = [k for k, v in seen.items() if v >= BUSY]
     if not disturbed:
         return None
-    return (f"WARNING: other work ran during {len(disturbed)} measurement(s) "
+    text = (f"WARNING: other work ran during {len(disturbed)} measurement(s) "
             f"({', '.join(disturbed[:6])}{', ...' if len(disturbed) > 6 else ''}): up to "
             f"{load['max_other_cores']:.2f} cores beside the benchmark (1-min load average "
             f"{load['load_before']:.2f} before, {load['load_after']:.2f} after). Their times "
             "are not to be trusted: rerun on an idle machine (`uptime`).")
+    if progress:
+        progress(text)
+    return text
 
 
 def int_list(text: str, option: str) -> list[int]:

@@ -131,8 +131,8 @@ def test_load_watch_tells_other_work_from_its_own():
         subprocess.run([sys.executable, "-c", BUSY_LOOP.format(s=1)], check=True)
     assert own["other_cores"] < quiet["other_cores"] + 0.5, (own, quiet)
     assert {"load_before", "load_after"} <= set(own)
-    assert load_warning({**load, "max_other_cores": 1.0}, []) is None
-    warning = load_warning({**load, "max_other_cores": 1.0}, ["T=2048 talk"])
+    assert load_warning(dict(load), {"T=2048 talk": {"other_cores": 0.0}}) is None
+    warning = load_warning(dict(load), {"T=2048 talk": {"other_cores": 1.0}})
     assert "T=2048 talk" in warning and "1.00 cores" in warning
 
 
