@@ -244,16 +244,19 @@ def checks(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     Ts = sorted(results)
     fb = {T: results[T].get("talk", {}).get("fwd_bwd_ms") for T in Ts}
     out: dict[str, Any] = {}
-    for other in ("lightconv", "dynamicconv"):
-        failed = [T for T in Ts if "error" in results[T].get(other, {"error": 1})]
-        both = [T for T in Ts if T not in failed]
-        out[f"faster_than_{other}_where_both_ran"] = bool(both) and all(
+    for other in ("lightconv", "dynamicconv"):  # None where not asked for (--ops)
+        ran = [T for T in Ts if other in results[T]]
+        failed = [T for T in ran if "error" in results[T][other]]
+        both = [T for T in ran if T not in failed]
+        out[f"faster_than_{other}_where_both_ran"] = (bool(both) and all(
             (r := ratios(results[T])[f"talk/{other}"]) is not None and r < 1 for T in both)
+        ) if ran else None
         if failed:
             out[f"{other}_failed_at"] = failed
-    long = [T for T in Ts if T >= 1024]
-    out["faster_than_attention_from_T1024"] = bool(long) and all(
-        (r := ratios(results[T])["talk/attention"]) is not None and r < 1 for T in long)
+    long = [T for T in Ts if T >= 1024 and "attention" in results[T]]
+    out["faster_than_attention_from_T1024"] = all(
+        (r := ratios(results[T])["talk/attention"]) is not None and r < 1 for T in long
+    ) if long else None
     if 512 in fb and 8192 in fb and fb[512] and fb[8192]:
         out["time_ratio_8192_over_512"] = round(fb[8192] / fb[512], 2)
         out["linear_time_(<=20)"] = out["time_ratio_8192_over_512"] <= 20

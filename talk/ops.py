@@ -14,7 +14,8 @@ of a head sharing the head's edges. Work is O(T * B * C).
 
 Two implementations, equal to float tolerance:
 - `talk` (used everywhere): on CPU the C++ kernel in talk/csrc, one streaming pass over time
-  forward and two backward, no stored table;
+  forward and one backward, no stored table; `talk_layer` adds the offset projection
+  (Eq. 3-4) to the same passes;
 - `window_edges` + `talk_window_sum`: plain tensor ops (a cumulative sum, two gathers and a
   lerp), the automatic fallback for CUDA tensors or when the kernel is not built. Prefix sums
   are accumulated in float32 for half/bfloat16 inputs.
@@ -84,9 +85,11 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 # dL/dx of at least this many bytes is written with non-temporal stores (talk_op.cpp,
-# stream_row), skipping the read of the lines it overwrites. TaLKConv forward+backward,
-# B=8, C=512, 2 cores: T=1024 (16 MB) 4% faster, 2048 5%, 4096 7%, 8192 6%; at T=512 (8 MB,
-# in cache and read back at once by the addmm_ below) streaming made it 11% slower.
+# stream_row), skipping the read of the lines it overwrites. Measured when the offsets'
+# gradient was still added afterwards (TaLKConv forward+backward, B=8, C=512, 2 cores):
+# T=1024 (16 MB) 4% faster, 2048 5%, 4096 7%, 8192 6%; at T=512 (8 MB, in cache and read
+# back at once) streaming made it 11% slower. With the fused layer_backward, at 2048 and
+# 8192: medians of 4 rounds 16.8 -> 15.8 ms and 80 -> 74 ms.
 STREAM_MIN_BYTES = 16 << 20
 
 
@@ -131,35 +134,27 @@ def relative_offsets(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | Non
 
 
 class _TaLKLayerFunction(torch.autograd.Function):
-    """The offsets (Linear, sigmoid, dropout mask: Eq. 3-4) and the window average in one
-    Function. Backward adds the gradient that reaches x through the offsets into the
-    kernel's dL/dx in place (one addmm_), where autograd would allocate a second (T, B, C)
-    gradient and sum the two (peak fwd+bwd memory a third lower)."""
+    """A whole TaLK layer in the C++ kernel: the offsets (Linear, sigmoid, dropout mask:
+    Eq. 3-4) are computed inside the window average's pass over x (`layer_forward`), and
+    their backward inside the window's backward pass (`layer_backward`), so x and dL/dx
+    each cross memory once per pass and no (T, B, C) tensor is added to another."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None,
                 heads: int, l_max: int, r_max: int) -> Tensor:
-        T, B, C = x.shape
-        sig = torch.sigmoid(torch.addmm(bias, x.view(T * B, C), weight.t())).view(T, B, -1)
-        a = sig if keep is None else sig * keep  # (T, B, A)
-        ctx.save_for_backward(x, weight, sig, keep)
+        out, sig, a = _C.layer_forward(x, weight, bias, keep, heads, l_max, r_max)
+        ctx.save_for_backward(x, weight, sig, a, keep)
         ctx.args = (heads, l_max, r_max)
-        return _C.forward(x, a, heads, l_max, r_max)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, sig, keep = ctx.saved_tensors
-        a = sig if keep is None else sig * keep
-        gx, ga = _C.backward(grad.contiguous(), x, a, *ctx.args, STREAM_MIN_BYTES)
-        g_logits = ga * sig * (1 - sig)  # (T, B, A)
-        if keep is not None:
-            g_logits = g_logits * keep
-        T, B, C = x.shape
-        g_logits = g_logits.view(T * B, -1)
-        gx.view(T * B, C).addmm_(g_logits, weight)  # + dL/dx through the offsets
-        g_weight = g_logits.t() @ x.view(T * B, C) if ctx.needs_input_grad[1] else None
-        g_bias = g_logits.sum(0) if ctx.needs_input_grad[2] else None
-        return gx, g_weight, g_bias, None, None, None, None
+        x, weight, sig, a, keep = ctx.saved_tensors
+        gx, g_weight, g_bias = _C.layer_backward(grad.contiguous(), x, weight, sig, a, keep,
+                                                 *ctx.args, STREAM_MIN_BYTES)
+        needs = ctx.needs_input_grad
+        return (gx, g_weight if needs[1] else None, g_bias if needs[2] else None,
+                None, None, None, None)
 
 
 def talk_layer(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None, heads: int,
@@ -173,7 +168,7 @@ def talk_layer(x: Tensor, weight: Tensor, bias: Tensor, keep: Tensor | None, hea
                     fast=False)
     if weight.size(0) == heads:  # causal
         r_max = 0
-    keep = None if keep is None else keep.to(work)
+    keep = None if keep is None else keep.to(work).contiguous()
     out = _TaLKLayerFunction.apply(x.to(work).contiguous(), weight.to(work), bias.to(work),
                                    keep, heads, l_max, r_max)
     return out.to(x.dtype)

@@ -107,6 +107,10 @@ def test_targets_are_evaluated_from_numbers():
     results[8192]["copy"]["fwd_ms"] = 170 / 1.9
     assert checks(results)["fwd_within_2x_of_copy_floor"]
     assert checks({512: row(10, 5)})["fwd_within_2x_of_copy_floor"] is None  # not measured
+    only = {T: {"talk": r["talk"], "copy": r["copy"]} for T, r in results.items()}  # --ops
+    c = checks(only)
+    assert c["faster_than_lightconv_where_both_ran"] is None and "lightconv_failed_at" not in c
+    assert c["faster_than_attention_from_T1024"] is None
 
 
 BUSY_LOOP = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"

@@ -115,6 +115,37 @@ def test_fused_layer_gradcheck(causal):
 
 @needs_kernel
 @pytest.mark.parametrize("causal", [False, True])
+def test_kernel_cut_in_time_or_batch_between_threads(causal):
+    """The kernel cuts long sequences in time between threads (each block starts its own
+    table at its first window) and short ones by batch entry. Every cut gives the tensor
+    ops' output and gradients (x, W, b; offset dropout on), in float64 to 1e-10."""
+    g = torch.Generator().manual_seed(3)
+    H, C, l_max, r_max = 2, 8, 7, 0 if causal else 5
+    A = H if causal else 2 * H
+    threads = torch.get_num_threads()
+    try:
+        for T, B in [(333, 2), (333, 1), (20, 3)]:  # time blocks at 2-3 threads; batch blocks
+            x = torch.randn(T, B, C, dtype=torch.float64, generator=g)
+            w = torch.randn(A, C, dtype=torch.float64, generator=g)
+            b = torch.randn(A, dtype=torch.float64, generator=g)
+            b[::2] += 8.0  # offsets near 1: windows reaching their full l_max at block starts
+            keep = torch.rand(T, B, A, generator=g) >= 0.2
+            grad = torch.randn(T, B, C, dtype=torch.float64, generator=g)
+            results = []
+            for n, fast in [(1, False), (1, True), (2, True), (3, True)]:
+                torch.set_num_threads(n)
+                xi, wi, bi = (t.clone().requires_grad_() for t in (x, w, b))
+                out = ops.talk_layer(xi, wi, bi, keep, H, l_max, r_max, fast=fast)
+                results.append((out, *torch.autograd.grad(out, (xi, wi, bi), grad)))
+            for got in results[1:]:
+                for p, q in zip(got, results[0], strict=True):
+                    torch.testing.assert_close(p, q, atol=1e-10, rtol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [False, True])
 def test_fused_layer_equals_unfused(causal):
     """TaLKConv on the kernel path (one Function) equals it on plain autograd ops, output
     and every parameter gradient, in training mode with offset dropout."""
