@@ -31,10 +31,11 @@ BUILDS = {"default": [], "native": ["-march=native"]}
 B, C, H, K = 8, 512, 8, 3  # the talk-op benchmark's default shape
 
 
-def build(tag: str, flags: list[str], folder: Path):  # noqa: ANN201 - an extension module
+def build(tag: str, flags: list[str], folder: Path, source: Path = SOURCE):  # noqa: ANN201
+    """The kernel at `source` compiled as setup.py does (plus `flags`): an extension module."""
     out = folder / tag
     out.mkdir()
-    return load(name=f"talk_C_{tag}", sources=[str(SOURCE)], build_directory=str(out),
+    return load(name=f"talk_C_{tag}", sources=[str(source)], build_directory=str(out),
                 extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"])
 
 
