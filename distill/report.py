@@ -24,6 +24,11 @@ from tdx.report import (
 )
 
 ZSKD_SAME = ("zskd.task", "zskd.teacher_from", "zskd.recipe", "seed")  # not a variant
+BODY = "zskd.student.body"  # null (the default) is the Transformer body
+
+
+def _zskd_body(r: Run) -> str:
+    return str(r.overrides.get(BODY) or "transformer")
 
 
 def _zskd_students(runs: list[Run]) -> list[Run]:
@@ -31,43 +36,60 @@ def _zskd_students(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.get("final.recipe") in RECIPES]
 
 
-def _zskd_settings(runs: list[Run]) -> tuple[dict[int, set[str]], dict[str, set[str]]]:
-    """Each student run's changed settings (by id), and per task the settings all of
-    that task's student runs changed (its protocol, e.g. a Siamese STS-B student)."""
+def _zskd_settings(runs: list[Run]) -> tuple[dict[int, set[str]], dict[tuple[str, str], set[str]]]:
+    """Each student run's changed settings (by id), and per (task, body) the settings all
+    of those student runs changed: that task's protocol (e.g. a Siamese STS-B student)
+    and the body's own (a TaLK body's width, its pretrained start)."""
     students = _zskd_students(runs)
     changed = {id(r): {f"{k}={v}" for k, v in r.overrides.items() if k not in ZSKD_SAME}
                for r in students}
-    by_task: dict[str, list[set[str]]] = {}
+    by_family: dict[tuple[str, str], list[set[str]]] = {}
     for r in students:
-        by_task.setdefault(str(r.get("final.task")), []).append(changed[id(r)])
-    return changed, {t: set.intersection(*cs) for t, cs in by_task.items()}
+        by_family.setdefault((str(r.get("final.task")), _zskd_body(r)), []).append(
+            changed[id(r)])
+    return changed, {f: set.intersection(*cs) for f, cs in by_family.items()}
 
 
 def _zskd_keys(runs: list[Run]) -> dict[int, str]:
     """Each student run's column (by id; teacher-only runs have none): its recipe, or for
-    a run that changed settings the other runs of its task did not (an ablation such as
-    zskd.pgd.steps=0) the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]', so that
-    it never averages into the recipe. A setting every run of a task shares is that task's
-    protocol, not a variant (`zskd_notes` lists it)."""
-    changed, per_task = _zskd_settings(runs)
+    a run that changed settings the other runs of its task and body did not (an ablation
+    such as zskd.pgd.steps=0) the recipe and those settings, 'adv_pgd [zskd.pgd.steps=0]',
+    so that it never averages into the recipe. A setting every run of a task and body
+    shares is protocol, not a variant (`zskd_notes` lists it); a body other than the
+    Transformer is named first, 'ood [zskd.student.body=talk]'."""
+    changed, per_family = _zskd_settings(runs)
     keys = {}
     for r in _zskd_students(runs):
-        own = sorted(changed[id(r)] - per_task[str(r.get("final.task"))])
+        body = _zskd_body(r)
+        own = sorted(changed[id(r)] - per_family[(str(r.get("final.task")), body)])
+        own = ([f"{BODY}={body}"] if body != "transformer" else []) + own
         keys[id(r)] = str(r.get("final.recipe")) + (f" [{', '.join(own)}]" if own else "")
     return keys
 
 
 def _zskd_task_settings(runs: list[Run]) -> str:
-    """The settings every run of one task changed and the other tasks' runs did not."""
-    _, per_task = _zskd_settings(runs)
-    if len(per_task) < 2:
+    """The settings every run of one task changed and the other tasks' runs did not, and
+    with more than one body, each body's own settings."""
+    _, per_family = _zskd_settings(runs)
+    per_task: dict[str, set[str]] = {}
+    for (t, _), v in per_family.items():
+        per_task[t] = per_task[t] & v if t in per_task else set(v)
+    if not per_task:
         return ""
     common = set.intersection(*per_task.values())
     own = {t: sorted(v - common) for t, v in sorted(per_task.items()) if v - common}
-    if not own:
-        return ""
-    return ("\nSettings of one task (every recipe in its row): "
-            + "; ".join(f"{t}: {', '.join(v)}" for t, v in own.items()) + ".\n")
+    text = ""
+    if len(per_task) > 1 and own:
+        text += ("\nSettings of one task (every recipe in its row): "
+                 + "; ".join(f"{t}: {', '.join(v)}" for t, v in own.items()) + ".\n")
+    bodies = sorted({b for _, b in per_family})
+    if len(bodies) > 1:
+        shared = {b: set.intersection(*(v for (_, fb), v in per_family.items() if fb == b))
+                  for b in bodies}
+        text += ("\nStudent bodies (settings of every run of one body): " + "; ".join(
+            f"{b}: {', '.join(sorted(shared[b] - common - {f'{BODY}={b}'})) or 'defaults'}"
+            for b in bodies) + ".\n")
+    return text
 
 
 def _zskd_columns(keys: dict[int, str]) -> list[str]:
@@ -158,7 +180,8 @@ def zskd_targets(scores: dict[str, dict[str, tuple[float, float]]]) -> list[str]
     """The zero-shot KD targets (Rashid et al. 2021 setting, as the issue states them),
     checked on {task: {recipe: (score, % of the teacher)}}: recipe (5) (each adversarial
     variant) at >= 75% of the teacher on every task and >= 90% on SST-2; (5) above (4)
-    by >= 1 point averaged over tasks; (4) above (3)."""
+    by >= 1 point averaged over tasks; (4) above (3); a TaLK student body within 1 point of
+    the Transformer's on (4) and (5b), averaged over the tasks that have both."""
     lines = [f"Targets, from the {len(scores)} task(s) above "
              f"({', '.join(sorted(scores)) or 'none'}):"]
     for v in ("adv_gumbel", "adv_pgd"):
@@ -179,6 +202,14 @@ def zskd_targets(scores: dict[str, dict[str, tuple[float, float]]]) -> list[str]
             g = statistics.mean(gains)
             lines.append(f"{name} - (4), mean over {len(gains)} task(s): {g:+.2f} points "
                          f"(target >= +1: {'met' if g >= 1 else 'MISSED'})")
+    for v in ("ood", "adv_pgd"):  # a TaLK body against the Transformer's (same recipe)
+        talk = f"{v} [{BODY}=talk]"
+        diffs = [rs[talk][0] - rs[v][0] for rs in scores.values() if talk in rs and v in rs]
+        if diffs:
+            d = statistics.mean(diffs)
+            lines.append(f"TaLK student - Transformer student, {RECIPES[v].split(' ')[0]}, "
+                         f"mean over {len(diffs)} task(s): {d:+.2f} points (target >= -1: "
+                         f"{'met' if d >= -1 else 'MISSED'})")
     gaps = {t: rs["ood"][0] - rs["random"][0] for t, rs in scores.items()
             if "ood" in rs and "random" in rs}
     if gaps:

@@ -637,6 +637,44 @@ def test_a_setting_every_run_of_a_task_shares_is_that_tasks_protocol(tmp_path):
         zskd_targets(_zskd_scores(runs))
 
 
+def test_a_talk_student_body_is_a_column_of_its_own_with_its_target(tmp_path):
+    """TaLK-body students (their own width and pretrained start) sit next to the
+    Transformer students' recipe columns, not averaged into them; the Transformer students
+    stay in the recipe columns although their start differs from the TaLK body's; the
+    notes list each body's settings and the target compares the two bodies."""
+    from tdx.distill.report import _zskd_scores, zskd_notes, zskd_table, zskd_targets
+    from tdx.report import Run
+
+    def student(task, recipe, score, talk=False):
+        final = {"task": task, "recipe": recipe, "teacher": {"primary": 80.0},
+                 "student": {"primary": score}, "pct_of_teacher": score / 0.8,
+                 "teacher_params": 22_700_000, "student_params": 737_000, "compression": 30.8}
+        body = ({"zskd.student.body": "talk", "zskd.student.ffn": "316",
+                 "zskd.student.init_from": "/pretrain_talk"} if talk
+                else {"zskd.student.init_from": "/pretrain"})
+        ov = {"zskd.task": task, "zskd.recipe": recipe, **body}
+        return Run(tmp_path, {"final": final}, {}, ov)
+
+    runs = [student(t, r, s + (d if talk else 0), talk)
+            for t, d in (("sst2", -0.5), ("subj", -2.0))
+            for r, s in (("ood", 70.0), ("adv_pgd", 72.0)) for talk in (False, True)]
+    headers, rows = zskd_table(runs)
+    assert [h for h in headers if "[" in h] == [
+        "(4) ZS out-of-domain [zskd.student.body=talk]",
+        "(5b) ZS + adv. PGD [zskd.student.body=talk]"]
+    cells = dict(zip(headers, rows[0], strict=True))
+    assert cells["(4) ZS out-of-domain"] == "70.0 (87.5%)"
+    assert cells["(4) ZS out-of-domain [zskd.student.body=talk]"] == "69.5 (86.9%)"
+    lines = zskd_targets(_zskd_scores(runs))
+    assert ("TaLK student - Transformer student, (4), mean over 2 task(s): -1.25 points "
+            "(target >= -1: MISSED)") in lines
+    assert "(5b) - (4), mean over 2 task(s): +2.00 points (target >= +1: met)" in lines
+    notes = zskd_notes(runs)
+    assert ("Student bodies (settings of every run of one body): talk: zskd.student.ffn=316, "
+            "zskd.student.init_from=/pretrain_talk; transformer: "
+            "zskd.student.init_from=/pretrain.") in notes
+
+
 def test_a_multirun_and_a_single_run_spell_a_boolean_override_alike(tmp_path):
     """Hydra's multirun records `x=True` for the command line's `x=true`: one column."""
     from tdx.distill.report import zskd_table
