@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_march import SOURCE, build, median_ms
+from bench_march import SOURCE, build, median_ms, publish
 
 from tdx.bench import watch_load
 from tdx.run import describe_machine, git_commit, machine_info
@@ -156,11 +156,7 @@ def main() -> int:
         results = {T: measure(layers, T, args.rounds)
                    for T in (int(t) for t in args.lengths.split(","))}
     command = shlex.join(["python", "tools/bench_kernel_steps.py", *sys.argv[1:]])
-    text = markdown(results, args.before, command, load)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return publish(markdown(results, args.before, command, load), args.out)
 
 
 if __name__ == "__main__":

@@ -96,10 +96,14 @@ def main() -> int:
         results = {T: measure(mods, T, args.rounds)
                    for T in (int(t) for t in args.lengths.split(","))}
     command = shlex.join(["python", "tools/bench_march.py", *sys.argv[1:]])
-    text = markdown(results, command, load_before, os.getloadavg()[0])
+    return publish(markdown(results, command, load_before, os.getloadavg()[0]), args.out)
+
+
+def publish(text: str, out: Path | None) -> int:
+    """Print a tool's markdown report and write it to `out` if given; the exit code."""
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
     return 0
 
 

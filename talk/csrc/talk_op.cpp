@@ -6,7 +6,7 @@
 //   o_i     = (S(right_i + 1) - S(left_i)) / K,  S(p) = lerp(S_floor(p), S_floor(p)+1, frac(p))
 //
 // Every row of S that output i reads lies in [i - l_max, i + r_max + 2], so the table is
-// never stored: a ring buffer of R >= l_max + r_max + 3 rows per (batch, head) column holds
+// never stored: a ring buffer of R = l_max + r_max + 3 rows per (batch, head) column holds
 // the rows in use. The backward pass recomputes S the same way (bit-identical) and keeps
 // dL/dS in a second ring buffer (see backward_kernel).
 //
@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include <immintrin.h>  // SSE2 streaming stores are in every x86-64; AVX-512 where compiled
@@ -535,7 +534,7 @@ std::vector<torch::Tensor> layer_backward(torch::Tensor g, torch::Tensor x, torc
   auto W = weight.contiguous().to(x.scalar_type());
   auto gx = torch::empty_like(x);
   auto ga = torch::empty_like(a);
-  auto glog = torch::zeros_like(a);
+  auto glog = torch::empty_like(a);  // every entry written before it is read
   auto gW = torch::zeros({s.A, s.C}, x.options());
   if (x.numel() == 0) return {gx.zero_(), gW, gW.sum(1)};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "talk_layer_backward", [&] {
